@@ -1,0 +1,42 @@
+"""Lambda handler invoked by the Amazon Connect contact flow (InvokeLambdaFunction block).
+
+Actions (Details.Parameters.Action): start_stream, get_next_batch. The reply is always a flat string map;
+see tts_stream/streams.py for its keys and README for the contract.
+"""
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from tts_stream import config, streams
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace="ConnectTtsStream")
+_clients = None
+
+
+def _aws() -> streams.Clients:
+    """Clients are made on first use, not at import: a cold start pays only for what it calls."""
+    global _clients
+    if _clients is None:
+        _clients = streams.Clients(ddb=boto3.client("dynamodb"), s3=boto3.client("s3"),
+                                   sfn=boto3.client("stepfunctions"))
+    return _clients
+
+
+@logger.inject_lambda_context(correlation_id_path="Details.ContactData.ContactId")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event, context):
+    result = streams.handle(_aws(), config.load(), event, remaining_ms=context.get_remaining_time_in_millis())
+    count = int(result["Count"])
+    metrics.add_metric("BatchesServed", MetricUnit.Count, 1)
+    metrics.add_metric("PartsServed", MetricUnit.Count, count)
+    if count == 0 and result["Final"] == "false":
+        metrics.add_metric("EmptyBatches", MetricUnit.Count, 1)
+    if result["Final"] == "true":
+        metrics.add_metric("Finals", MetricUnit.Count, 1)
+    logger.info("batch", stream_id=result["StreamId"], status=result["Status"], count=count,
+                next_index=result["NextIndex"], final=result["Final"], error=result["Error"])
+    return result

@@ -1,0 +1,90 @@
+"""Settings read from the environment that template.yaml gives every function.
+
+Read per invocation (cheap) rather than at import, so one process can run several functions with the same
+environment, as localcloud does, and a changed setting never leaks into a stream that already started: what
+a stream needs for its whole life is pinned in its manifest.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+from tts_stream.errors import InvalidInput
+
+# Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
+# so it is kept to a safe alphabet that cannot escape its prefix.
+STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_PARTS = 9999  # part keys are zero-padded to 4 digits
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str
+    bucket_name: str
+    state_machine_arn: str
+    region: str
+    tts_engine: str
+    voice_en: str
+    voice_ko: str
+    first_chunk_max_chars: int
+    chunk_target_chars: int
+    chunk_max_chars: int
+    max_text_chars: int
+    map_max_concurrency: int
+    manifest_ttl_hours: int
+    stream_timeout_seconds: int
+    prompt_url_mode: str
+    start_wait_ms: int
+    batch_wait_ms: int
+    poll_interval_ms: int
+    log_caller_text: bool
+
+
+def _int(env, name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a whole number, got {raw!r}") from None
+
+
+def load(env=None) -> Settings:
+    env = os.environ if env is None else env
+    return Settings(
+        table_name=env.get("TABLE_NAME", ""),
+        bucket_name=env.get("BUCKET_NAME", ""),
+        state_machine_arn=env.get("STATE_MACHINE_ARN", ""),
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        tts_engine=env.get("TTS_ENGINE", "espeak"),
+        voice_en=env.get("VOICE_EN", "en-us"),
+        voice_ko=env.get("VOICE_KO", "ko"),
+        first_chunk_max_chars=_int(env, "FIRST_CHUNK_MAX_CHARS", 80),
+        chunk_target_chars=_int(env, "CHUNK_TARGET_CHARS", 200),
+        chunk_max_chars=_int(env, "CHUNK_MAX_CHARS", 400),
+        max_text_chars=_int(env, "MAX_TEXT_CHARS", 20000),
+        map_max_concurrency=_int(env, "MAP_MAX_CONCURRENCY", 10),
+        manifest_ttl_hours=_int(env, "MANIFEST_TTL_HOURS", 24),
+        stream_timeout_seconds=_int(env, "STREAM_TIMEOUT_SECONDS", 330),
+        prompt_url_mode=env.get("PROMPT_URL_MODE", "object"),
+        start_wait_ms=_int(env, "START_WAIT_MS", 3000),
+        batch_wait_ms=_int(env, "BATCH_WAIT_MS", 2500),
+        poll_interval_ms=_int(env, "POLL_INTERVAL_MS", 50),
+        log_caller_text=env.get("LOG_CALLER_TEXT", "false").lower() == "true",
+    )
+
+
+def part_key(stream_id: str, index: int) -> str:
+    """Where part `index` of a stream lives in the audio bucket: one prefix per stream, sortable names."""
+    return f"streams/{stream_id}/part{index:04d}.wav"
+
+
+def check_stream_id(stream_id) -> str:
+    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
+        raise InvalidInput(
+            f"stream id {stream_id!r} is not valid: use 1-64 letters, digits, '-' or '_', starting with a letter "
+            "or digit"
+        )
+    return stream_id
+

@@ -1,0 +1,170 @@
+"""The synthesis workflow's steps as plain functions: plan a stream, synthesize one part, record a failure,
+finish. The Lambda handlers in functions/workflow.py only pass events and clients in.
+"""
+
+import hashlib
+import json
+import re
+from contextlib import contextmanager
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tts_stream import audio, chunking, engines, manifest
+from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
+from tts_stream.errors import InvalidInput, RetryableError
+
+LANGUAGES = ("auto", "en", "ko")
+_VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
+# Tab, newline and carriage return are whitespace to a reader; other control characters are not text at all.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_RETRYABLE_CODES = {
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "SlowDown",
+    "ProvisionedThroughputExceededException", "RequestThrottled", "TooManyRequestsException",
+    "InternalError", "InternalServerError", "ServiceUnavailable", "InternalFailure", "RequestTimeout",
+}
+
+
+def input_hash(text: str, voice: str, language: str) -> str:
+    """What identifies a stream's content: the same answer started twice is one stream."""
+    blob = json.dumps([text, voice, language], ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def check_stream_request(event, settings: Settings) -> tuple[str, str, str, str]:
+    """Validate `{stream_id, text, voice?, language?}`; return them with defaults applied."""
+    if not isinstance(event, dict):
+        raise InvalidInput(f"the stream request must be a JSON object, got {type(event).__name__}")
+    stream_id = check_stream_id(event.get("stream_id"))
+    return (stream_id, *check_content(event.get("text"), event.get("voice"), event.get("language"), settings))
+
+
+def check_content(text, voice, language, settings: Settings) -> tuple[str, str, str]:
+    """Validate what a stream says and in which voice; return (text, voice or "", language or "auto")."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("text is missing or empty: give the answer to speak as a non-empty string")
+    if len(text) > settings.max_text_chars:
+        raise InvalidInput(f"text has {len(text)} characters; the most a stream takes is {settings.max_text_chars}")
+    if _CONTROL.search(text):
+        raise InvalidInput("text contains control characters; send plain text")
+    voice = voice or ""
+    if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.match(voice)):
+        raise InvalidInput(f"voice {voice!r} is not a voice name (letters, digits, '-', '_', '+', '.')")
+    language = language or "auto"
+    if language not in LANGUAGES:
+        raise InvalidInput(f"language {language!r} is not supported; use one of {', '.join(LANGUAGES)}")
+    return text, voice, language
+
+
+def choose_voice(text: str, voice: str, language: str, settings: Settings) -> tuple[str, str]:
+    """Pick (language, voice) for the whole stream: one answer is spoken in one voice."""
+    if language == "auto":
+        detected = chunking.detect_language(text)
+        # Mixed answers are mostly Korean sentences with English words in them; the Korean voice reads both.
+        language = "en" if detected == "en" else "ko"
+    return language, voice or (settings.voice_en if language == "en" else settings.voice_ko)
+
+
+def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
+    """Split the answer into parts, pin the voice in the manifest, and list the parts still to synthesize."""
+    stream_id, text, voice, language = check_stream_request(event, settings)
+    texts = chunking.split_for_speech(
+        text,
+        first_max=settings.first_chunk_max_chars,
+        target=settings.chunk_target_chars,
+        max_len=settings.chunk_max_chars,
+    )
+    if not texts:
+        raise InvalidInput("text has nothing to speak once markup and whitespace are removed")
+    if len(texts) > MAX_PARTS:
+        raise InvalidInput(f"text makes {len(texts)} parts; the most a stream holds is {MAX_PARTS}")
+    content_hash = input_hash(text, voice, language)
+    language, voice = choose_voice(text, voice, language, settings)
+    engines.get_engine(settings.tts_engine)  # an unknown engine fails the plan, not every part
+    planned = manifest.plan(
+        ddb, settings.table_name, stream_id, content_hash,
+        texts=texts, engine=settings.tts_engine, voice=voice, language=language,
+        now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
+    )
+    parts = [
+        {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
+         "language": planned.language}
+        for i, t in enumerate(planned.texts)
+        if i not in planned.ready
+    ]
+    return {"stream_id": stream_id, "total": planned.total, "parts": parts,
+            "max_concurrency": settings.map_max_concurrency}
+
+
+@contextmanager
+def aws_errors_as_retryable():
+    """Throttling and 5xx from S3/DynamoDB are worth another try; the workflow's Retry names RetryableError."""
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _RETRYABLE_CODES or status >= 500:
+            raise RetryableError(f"{error.operation_name} failed with {code or status}: try again") from error
+        raise
+    except BotoCoreError as error:
+        raise RetryableError(f"AWS request failed: {error}") from error
+
+
+def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
+    """Speak one part with the stream's pinned engine and voice, store its WAV, then mark it ready.
+
+    The object is written before the mark, so a part marked ready is always complete; writing the same key
+    again (at-least-once delivery) leaves one object.
+    """
+    stream_id = check_stream_id(part.get("stream_id"))
+    index = part.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_PARTS:
+        raise InvalidInput(f"part index must be a whole number from 0 to {MAX_PARTS - 1}, got {index!r}")
+    text = part.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"part {index} of stream {stream_id} has no text")
+    engine = engines.get_engine(part.get("engine") or "")
+    speech = engine.synthesize(text.strip(), part.get("voice") or "")
+    wav = audio.to_connect_wav(speech.pcm16, speech.sample_rate)
+    key = part_key(stream_id, index)
+    with aws_errors_as_retryable():
+        s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
+        manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
+    return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav)}
+
+
+def failure_message(failure) -> str:
+    """A one-line reason from a Step Functions Catch result ({Error, Cause}); Cause may hold a Lambda error."""
+    if not isinstance(failure, dict):
+        return "unknown failure"
+    error = str(failure.get("Error") or "Error")
+    cause = failure.get("Cause") or ""
+    try:
+        cause = json.loads(cause).get("errorMessage", cause)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return f"{error}: {cause}"[:1000] if cause else error
+
+
+def record_failure(ddb, settings: Settings, event) -> dict:
+    """Record a part that failed for good, or a stream that could not be planned; never raises on bad input,
+    because it runs inside the workflow's error path."""
+    message = failure_message(event.get("failure") if isinstance(event, dict) else None)
+    stream_id = event.get("stream_id") if isinstance(event, dict) else None
+    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
+        return {"recorded": False, "error": message}
+    index = event.get("index")
+    with aws_errors_as_retryable():
+        if isinstance(index, int) and not isinstance(index, bool):
+            recorded = manifest.mark_part_failed(ddb, settings.table_name, stream_id, index, message)
+        else:
+            recorded = manifest.fail_stream(ddb, settings.table_name, stream_id, message)
+    return {"stream_id": stream_id, "index": index, "recorded": recorded, "error": message}
+
+
+def finish_stream(ddb, settings: Settings, event) -> dict:
+    stream_id = check_stream_id(event.get("stream_id") if isinstance(event, dict) else None)
+    with aws_errors_as_retryable():
+        finished = manifest.finish(ddb, settings.table_name, stream_id)
+    return {"stream_id": stream_id, "status": finished.status, "total": finished.total,
+            "failed_index": finished.failed_index, "error": finished.error}

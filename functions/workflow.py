@@ -1,0 +1,69 @@
+"""Lambda handlers for the synthesis workflow (statemachines/synthesize.asl.json). Each is a thin adapter:
+read the event, call tts_stream.pipeline, return what the next state needs."""
+
+import time
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+
+from tts_stream import config, pipeline
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics(namespace="ConnectTtsStream")
+_clients = {}
+
+
+def _client(name):
+    """One client per service per process, created on first use rather than at import (cold start)."""
+    if name not in _clients:
+        _clients[name] = boto3.client(name)
+    return _clients[name]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def plan(event, context):
+    result = pipeline.plan_stream(_client("dynamodb"), config.load(), event, now_ms=_now_ms())
+    metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
+    logger.info("stream planned", stream_id=result["stream_id"], total=result["total"],
+                to_synthesize=len(result["parts"]))
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def synthesize(event, context):
+    started = time.perf_counter()
+    result = pipeline.synthesize_part(_client("dynamodb"), _client("s3"), config.load(), event, now_ms=_now_ms)
+    metrics.add_metric("PartsSynthesized", MetricUnit.Count, 1)
+    metrics.add_metric("PartLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
+    logger.info("part ready", stream_id=result["stream_id"], index=result["index"], bytes=result["bytes"])
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def record_failure(event, context):
+    result = pipeline.record_failure(_client("dynamodb"), config.load(), event)
+    metrics.add_metric("PartFailures", MetricUnit.Count, 1)
+    logger.warning("failure recorded", **result)
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def finish(event, context):
+    result = pipeline.finish_stream(_client("dynamodb"), config.load(), event)
+    metrics.add_metric("StreamsFailed" if result["status"] == "failed" else "StreamsCompleted", MetricUnit.Count, 1)
+    logger.info("stream finished", **result)
+    return result

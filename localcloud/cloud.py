@@ -1,0 +1,269 @@
+"""Run template.yaml on this machine: no AWS account, no Docker.
+
+A moto server on 127.0.0.1 plays S3, DynamoDB, Lambda and Step Functions. The resources, the functions'
+environment and the state machine's substitutions come from template.yaml; the state machine is the real ASL
+file, executed by moto; a Lambda invoke runs our real handler in this process. The plain AWS CLI and boto3
+reach it with --endpoint-url.
+"""
+
+import importlib
+import io
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import uuid
+import zipfile
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+from localcloud import template as cfn
+
+ROOT = Path(__file__).resolve().parent.parent
+_handlers: dict[str, "LocalFunction"] = {}
+_patched = False
+
+
+class LocalContext:
+    """The parts of the Lambda context object that handlers and Powertools read."""
+
+    def __init__(self, function_name: str, memory_mb: int, timeout_s: int):
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = memory_mb
+        self.invoked_function_arn = f"arn:aws:lambda:{cfn.REGION}:{cfn.ACCOUNT_ID}:function:{function_name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "localcloud"
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class LocalFunction:
+    def __init__(self, logical_id: str, name: str, handler: str, code_dir: Path, memory_mb: int, timeout_s: int):
+        self.logical_id, self.name, self.handler = logical_id, name, handler
+        self.code_dir, self.memory_mb, self.timeout_s = code_dir, memory_mb, timeout_s
+        self.invocations = 0
+
+    def call(self, event):
+        module_name, attribute = self.handler.rsplit(".", 1)
+        if str(self.code_dir) not in sys.path:
+            sys.path.insert(0, str(self.code_dir))
+        handler = getattr(importlib.import_module(module_name), attribute)
+        self.invocations += 1
+        return handler(event, LocalContext(self.name, self.memory_mb, self.timeout_s))
+
+
+def _lambda_error(error: BaseException) -> bytes:
+    """The payload Lambda returns for an unhandled exception: Step Functions matches on errorType."""
+    return json.dumps({
+        "errorMessage": str(error),
+        "errorType": type(error).__name__,
+        "stackTrace": traceback.format_tb(error.__traceback__),
+    }).encode()
+
+
+def _patch_moto_lambda():
+    """Make moto's Docker-free Lambda run our handlers. moto internals: pinned moto version, this one place."""
+    global _patched
+    if _patched:
+        return
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    def invoke(self, function_name, qualifier, body, headers, response_headers):
+        name = function_name.rsplit(":", 1)[-1] if function_name.startswith("arn:") else function_name
+        function = _handlers.get(name)
+        if function is None:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps({"errorType": "ResourceNotFoundException",
+                               "errorMessage": f"no local handler for {name}"}).encode()
+        event = json.loads(body) if body else {}
+        try:
+            result = function.call(event)
+        except Exception as error:  # the Lambda runtime reports every exception the same way
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return _lambda_error(error)
+        return json.dumps(result).encode()
+
+    LambdaSimpleBackend.invoke = invoke
+    _patched = True
+
+
+class LocalCloud:
+    def __init__(self, template_path: Path = ROOT / "template.yaml", overrides: dict[str, str] | None = None):
+        self.template = cfn.load(template_path, overrides)
+        self.server = None
+        self.endpoint = ""
+        self.functions: dict[str, LocalFunction] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def start(self, port: int = 0) -> "LocalCloud":
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request would bury the output
+
+        os.environ.update({
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": cfn.REGION, "AWS_REGION": cfn.REGION,
+        })
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+        host, bound = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{bound}"
+        # moto's Step Functions engine calls Lambda through this port; our handlers' clients use the endpoint.
+        os.environ["MOTO_PORT"] = str(bound)
+        os.environ["AWS_ENDPOINT_URL"] = self.endpoint
+        self._post("/moto-api/config", {"stepfunctions": {"execute_state_machine": True},
+                                        "lambda": {"use_docker": False}})
+        _patch_moto_lambda()
+        self._create_resources()
+        return self
+
+    def stop(self):
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _post(self, path, payload):
+        request = Request(self.endpoint + path, data=json.dumps(payload).encode(), method="POST",
+                          headers={"Content-Type": "application/json"})
+        with urlopen(request, timeout=10) as response:
+            response.read()
+
+    def client(self, service: str):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION)
+
+    # -- resources from the template ---------------------------------------------------------------------
+    def _name(self, logical_id: str) -> str:
+        return f"{cfn.STACK_NAME}-{logical_id}".lower()
+
+    def _arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{cfn.REGION}:{cfn.ACCOUNT_ID}:{resource}"
+
+    def _create_resources(self):
+        t = self.template
+        s3, ddb = self.client("s3"), self.client("dynamodb")
+        for logical_id, resource in t.resources("AWS::S3::Bucket").items():
+            name = self._name(logical_id)
+            s3.create_bucket(Bucket=name)
+            t.physical[logical_id] = {"Ref": name, "Arn": f"arn:aws:s3:::{name}"}
+        for logical_id, resource in t.resources("AWS::DynamoDB::Table").items():
+            props = resource["Properties"]
+            name = self._name(logical_id)
+            ddb.create_table(TableName=name, AttributeDefinitions=props["AttributeDefinitions"],
+                             KeySchema=props["KeySchema"], BillingMode=props["BillingMode"])
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl:
+                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+            t.physical[logical_id] = {"Ref": name, "Arn": self._arn("dynamodb", f"table/{name}")}
+        for logical_id, resource in t.resources("AWS::Logs::LogGroup").items():
+            name = f"/aws/vendedlogs/{self._name(logical_id)}"
+            t.physical[logical_id] = {"Ref": name, "Arn": self._arn("logs", f"log-group:{name}:*")}
+        functions = t.resources("AWS::Serverless::Function")
+        for logical_id in functions:  # names and ARNs first: functions may refer to each other
+            name = self._name(logical_id)
+            t.physical[logical_id] = {"Ref": name, "Arn": self._arn("lambda", f"function:{name}")}
+        role = self._create_role()
+        for logical_id in t.resources("AWS::Serverless::StateMachine"):
+            name = self._name(logical_id)
+            arn = self._arn("states", f"stateMachine:{name}")
+            t.physical[logical_id] = {"Ref": arn, "Arn": arn, "Name": name}
+        environment = self._environment(functions)
+        os.environ.update(environment)
+        for logical_id in functions:
+            self._create_function(logical_id, role, environment)
+        for logical_id, resource in t.resources("AWS::Serverless::StateMachine").items():
+            self._create_state_machine(logical_id, resource, role)
+
+    def _create_role(self) -> str:
+        iam = self.client("iam")
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": [
+            "lambda.amazonaws.com", "states.amazonaws.com"]}, "Action": "sts:AssumeRole"}]}
+        return iam.create_role(RoleName="localcloud", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+    def _environment(self, functions) -> dict[str, str]:
+        """All functions run in this one process, so their variables must agree: a clash is an error."""
+        merged: dict[str, str] = {}
+        for logical_id in functions:
+            props = self.template.resolve(self.template.function_properties(logical_id))
+            for key, value in props.get("Environment", {}).get("Variables", {}).items():
+                if key in merged and merged[key] != str(value):
+                    raise ValueError(f"environment variable {key} differs between functions; localcloud runs them "
+                                     "in one process, so give them one value (Globals) or distinct names")
+                merged[key] = str(value)
+        return merged
+
+    def _create_function(self, logical_id: str, role: str, environment: dict[str, str]):
+        props = self.template.resolve(self.template.function_properties(logical_id))
+        name = self.template.physical[logical_id]["Ref"]
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("README", "code runs in-process from " + props["CodeUri"])
+        self.client("lambda").create_function(
+            FunctionName=name, Runtime=props["Runtime"], Role=role, Handler=props["Handler"],
+            Code={"ZipFile": buffer.getvalue()}, Timeout=int(props.get("Timeout", 3)),
+            MemorySize=int(props.get("MemorySize", 128)), Environment={"Variables": environment},
+        )
+        function = LocalFunction(logical_id, name, props["Handler"], self.template.root / props["CodeUri"],
+                                 int(props.get("MemorySize", 128)), int(props.get("Timeout", 3)))
+        self.functions[logical_id] = function
+        _handlers[name] = function
+
+    def _create_state_machine(self, logical_id: str, resource: dict, role: str):
+        props = self.template.resolve(resource["Properties"])
+        definition = (self.template.root / props["DefinitionUri"]).read_text()
+        for key, value in props.get("DefinitionSubstitutions", {}).items():
+            definition = definition.replace("${" + key + "}", str(value))
+        json.loads(definition)  # a substitution that breaks the JSON fails here, not mid-execution
+        self.client("stepfunctions").create_state_machine(
+            name=self.template.physical[logical_id]["Name"], definition=definition, roleArn=role,
+            type=props.get("Type", "STANDARD"),
+        )
+
+    # -- running things ----------------------------------------------------------------------------------
+    def physical(self, logical_id: str) -> str:
+        return self.template.physical[logical_id]["Ref"]
+
+    def invoke(self, logical_id: str, event) -> dict:
+        """Invoke a function through the Lambda API, as `sam local invoke` would."""
+        response = self.client("lambda").invoke(FunctionName=self.physical(logical_id),
+                                                Payload=json.dumps(event).encode())
+        payload = json.loads(response["Payload"].read() or b"null")
+        if response.get("FunctionError"):
+            raise FunctionError(payload)
+        return payload
+
+    def start_execution(self, logical_id: str, payload: dict) -> str:
+        return self.client("stepfunctions").start_execution(
+            stateMachineArn=self.physical(logical_id), name=f"local-{uuid.uuid4().hex}", input=json.dumps(payload),
+        )["executionArn"]
+
+    def wait_execution(self, execution_arn: str, timeout_s: float = 120) -> dict:
+        sfn = self.client("stepfunctions")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            described = sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                return described
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"execution {execution_arn} still running after {timeout_s}s")
+            time.sleep(0.02)
+
+
+class FunctionError(RuntimeError):
+    def __init__(self, payload):
+        self.payload = payload
+        super().__init__(f"{payload.get('errorType')}: {payload.get('errorMessage')}")
+
