@@ -1,0 +1,120 @@
+"""The template and the state machine as AWS will read them: SAM's own validator and build, cfn-lint with
+serverless rules, a State Language linter on the substituted ASL, and the properties the design relies on."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localcloud import template as cfn
+
+ROOT = Path(__file__).resolve().parents[2]
+SAM_BIN = Path(os.environ.get("SAM_VENV", ROOT / ".venv-sam")) / "bin"
+
+
+def _tool(name):
+    path = SAM_BIN / name
+    assert path.exists(), f"{path} is missing: run `make setup` (SAM CLI lives in its own venv, it pins boto3)"
+    return str(path)
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def template():
+    loaded = cfn.load(ROOT / "template.yaml")
+    for logical_id, resource in loaded.body["Resources"].items():
+        arn = f"arn:aws:lambda:us-east-1:123456789012:function:{logical_id}"
+        loaded.physical[logical_id] = {"Ref": logical_id, "Arn": arn}
+    return loaded
+
+
+def test_sam_validates_the_template_with_lint():
+    result = _run(_tool("sam"), "validate", "--lint", "--template", "template.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cfn_lint_with_serverless_rules_has_no_findings():
+    result = _run(_tool("cfn-lint"), "template.yaml", "-a", "cfn_lint_serverless.rules")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sam_builds_every_function_for_arm64(tmp_path):
+    result = _run(_tool("sam"), "build", "--build-dir", str(tmp_path / "build"), "--cache-dir",
+                  str(tmp_path / "cache"), "--template", "template.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = tmp_path / "build" / "SynthesizeFunction"
+    library = built / "espeakng_loader" / "libespeak-ng.so"
+    assert library.exists()
+    assert b"\xb7\x00" == library.read_bytes()[18:20], "libespeak-ng.so is not an aarch64 build"  # e_machine 183
+
+
+def test_the_state_machine_passes_the_state_language_linter(template, tmp_path):
+    machine = template.resolve(template.body["Resources"]["SynthesisStateMachine"]["Properties"])
+    definition = (ROOT / machine["DefinitionUri"]).read_text()
+    for key, value in machine["DefinitionSubstitutions"].items():
+        definition = definition.replace("${" + key + "}", value)
+    assert "${" not in definition, "a substitution in the ASL has no value in DefinitionSubstitutions"
+    path = tmp_path / "synthesize.json"
+    path.write_text(definition)
+    statelint = shutil.which("statelint", path=str(Path(sys.executable).parent))
+    result = _run(statelint, str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_audio_bucket_is_private_encrypted_for_connect_and_expires_parts(template):
+    bucket = template.body["Resources"]["AudioBucket"]["Properties"]
+    encryption = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert encryption == {"SSEAlgorithm": "AES256"}  # Connect cannot read AWS-managed-KMS objects
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    rule = bucket["LifecycleConfiguration"]["Rules"][0]
+    assert rule["Prefix"] == "streams/" and rule["Status"] == "Enabled"
+    assert template.resolve(rule["ExpirationInDays"]) == "1"
+
+
+def test_the_bucket_policy_denies_plain_http_and_grants_connect_only_its_instance():
+    with_instance = cfn.load(ROOT / "template.yaml", {
+        "ConnectInstanceArn": "arn:aws:connect:us-east-1:123456789012:instance/11111111-2222-3333-4444-555555555555"})
+    with_instance.physical["AudioBucket"] = {"Ref": "bucket", "Arn": "arn:aws:s3:::bucket"}
+    statements = with_instance.resolve(
+        with_instance.body["Resources"]["AudioBucketPolicy"]["Properties"]["PolicyDocument"])["Statement"]
+    deny = next(s for s in statements if s["Sid"] == "DenyInsecureTransport")
+    assert deny["Effect"] == "Deny" and deny["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+    grant = next(s for s in statements if s["Sid"] == "ConnectPlaysParts")
+    assert grant["Principal"] == {"Service": "connect.amazonaws.com"}
+    assert grant["Condition"]["ArnEquals"]["aws:SourceArn"].endswith("instance/11111111-2222-3333-4444-555555555555")
+
+    without = cfn.load(ROOT / "template.yaml")
+    without.physical["AudioBucket"] = {"Ref": "bucket", "Arn": "arn:aws:s3:::bucket"}
+    statements = without.resolve(without.body["Resources"]["AudioBucketPolicy"]["Properties"]["PolicyDocument"])
+    assert [s["Sid"] for s in statements["Statement"]] == ["DenyInsecureTransport"]
+
+
+def test_the_manifest_table_is_on_demand_with_ttl(template):
+    table = template.body["Resources"]["ManifestTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+
+def test_function_policies_name_actions_and_resources_without_wildcards(template):
+    for logical_id, resource in template.resources("AWS::Serverless::Function").items():
+        for policy in resource["Properties"]["Policies"]:
+            for statement in policy["Statement"]:
+                assert all("*" not in action for action in statement["Action"]), logical_id
+                resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                assert all(r != "*" for r in resources), logical_id
+
+
+def test_the_workflow_does_not_log_the_callers_words_by_default(template):
+    logging = template.resolve(template.body["Resources"]["SynthesisStateMachine"]["Properties"]["Logging"])
+    assert logging["IncludeExecutionData"] is False
+    machine = template.body["Resources"]["SynthesisStateMachine"]["Properties"]
+    assert machine["Type"] == "EXPRESS"
+    json.loads((ROOT / machine["DefinitionUri"]).read_text())
