@@ -1,14 +1,19 @@
 """python -m localcloud: run this project's template on this machine, with no AWS account and no Docker.
 
     stream --text "..." [--out DIR] [--json]        run one stream, save its parts, print manifest and timeline
+    call --text "..." [--out call.wav] [--json]     simulate a phone call through the template's contact flow
     invoke FUNCTION_LOGICAL_ID --event FILE         invoke one function with an event (sam local invoke)
+    flow [--function-arn ARN]                       print the contact flow, ready to import into Connect
     start [--port N]                                serve a local AWS endpoint for the AWS CLI and boto3
 
 Every command takes --parameter-overrides Key=Value ... as `sam deploy` does.
 """
 
 import argparse
+import contextlib
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                          help="template parameters, as for sam deploy")
+        sub.add_argument("--verbose", action="store_true", help="show the functions' logs and metrics on stderr")
         return sub
 
     stream = command("stream", "run one stream through the real workflow")
@@ -36,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--language", default=None, choices=["auto", "en", "ko"])
     stream.add_argument("--out", type=Path, default=Path("out/stream"), help="folder for the parts (default out/stream)")
     stream.add_argument("--json", action="store_true", help="print one JSON report instead of text")
+
+    call = command("call", "simulate a phone call through the template's contact flow")
+    call.add_argument("--text", required=True, help="the answer the caller hears (contact attribute AnswerText)")
+    call.add_argument("--out", type=Path, default=Path("out/call.wav"), help="what the caller heard (default out/call.wav)")
+    call.add_argument("--speed", type=float, default=1.0,
+                      help="playback speed-up; 1 is real time, more makes waits an upper bound (default 1)")
+    call.add_argument("--json", action="store_true", help="print one JSON report instead of text")
+
+    flow = command("flow", "print the contact flow as Connect imports it")
+    flow.add_argument("--function-arn", default="arn:aws:lambda:REGION:ACCOUNT:function:YOUR-ConnectFunction",
+                      help="your deployed ConnectFunction ARN (stack output ConnectFunctionArn)")
 
     invoke = command("invoke", "invoke a function of the template with an event file")
     invoke.add_argument("function", help="logical id in template.yaml, e.g. ConnectFunction")
@@ -48,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if not args.verbose:
+        # The functions' JSON logs and metrics are what CloudWatch would get; here they would bury the report.
+        os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+        os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+        logging.getLogger("moto").setLevel(logging.CRITICAL)
+    report_out = sys.stdout
+    # Whatever the functions print goes to stderr, so stdout holds only the report (and --json stays JSON).
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(args, report_out)
+
+
+def _run(args, out) -> int:
     try:
         overrides = parse_overrides(args.parameter_overrides)
         cloud = local.LocalCloud(overrides=overrides)
@@ -55,24 +84,46 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.command == "start":
-        return _serve(cloud, args.port)
+        return _serve(cloud, args.port, out)
+    if args.command == "flow":
+        return _flow(cloud, args.function_arn, out)
     with cloud:
         if args.command == "stream":
-            return _stream(cloud, args)
-        return _invoke(cloud, args)
+            return _stream(cloud, args, out)
+        if args.command == "call":
+            return _call(cloud, args, out)
+        return _invoke(cloud, args, out)
 
 
-def _stream(cloud, args) -> int:
+def _stream(cloud, args, out) -> int:
     report = runs.run_stream(cloud, args.text, stream_id=args.stream_id, voice=args.voice,
                              language=args.language, out_dir=args.out)
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(report, indent=2, ensure_ascii=False), file=out)
     else:
-        print(runs.describe_stream(report))
+        print(runs.describe_stream(report), file=out)
     return 0 if report["status"] == "complete" else 1
 
 
-def _invoke(cloud, args) -> int:
+def _call(cloud, args, out) -> int:
+    if args.speed <= 0:
+        print("error: --speed must be more than 0", file=sys.stderr)
+        return 2
+    result = runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
+    else:
+        print(runs.describe_call(result), file=out)
+    return 0 if result["final"] and result["status"] == "complete" else 1
+
+
+def _flow(cloud, function_arn, out) -> int:
+    cloud.template.physical["ConnectFunction"] = {"Ref": function_arn, "Arn": function_arn}
+    print(json.dumps(runs.template_flow(cloud.template), indent=2, ensure_ascii=False), file=out)
+    return 0
+
+
+def _invoke(cloud, args, out) -> int:
     try:
         event = json.loads(args.event.read_text())
     except (OSError, ValueError) as error:
@@ -83,7 +134,7 @@ def _invoke(cloud, args) -> int:
               file=sys.stderr)
         return 2
     try:
-        print(json.dumps(cloud.invoke(args.function, event), indent=2, ensure_ascii=False))
+        print(json.dumps(cloud.invoke(args.function, event), indent=2, ensure_ascii=False), file=out)
     except local.FunctionError as error:
         print(json.dumps(error.payload, indent=2), file=sys.stderr)
         return 1
@@ -91,10 +142,10 @@ def _invoke(cloud, args) -> int:
     return 0
 
 
-def _serve(cloud, port) -> int:
+def _serve(cloud, port, out) -> int:
     cloud.start(port)
-    print(json.dumps({"endpoint": cloud.endpoint, "resources": cloud.template.physical}, indent=2))
-    print(f"local AWS endpoint ready: aws --endpoint-url {cloud.endpoint} ... (Ctrl-C stops)", flush=True)
+    print(json.dumps({"endpoint": cloud.endpoint, "resources": cloud.template.physical}, indent=2), file=out)
+    print(f"local AWS endpoint ready: aws --endpoint-url {cloud.endpoint} ... (Ctrl-C stops)", file=out, flush=True)
     try:
         while True:
             time.sleep(3600)

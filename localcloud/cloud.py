@@ -11,11 +11,13 @@ import io
 import json
 import logging
 import os
+import threading
 import sys
 import time
 import traceback
 import uuid
 import zipfile
+from collections import Counter
 from pathlib import Path
 from urllib.request import Request, urlopen
 
@@ -93,12 +95,30 @@ def _patch_moto_lambda():
     _patched = True
 
 
+class AwsCalls:
+    """Counts the AWS requests our functions (and the workflow engine) make, per service operation."""
+
+    def __init__(self):
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, model, **kwargs):
+        with self._lock:
+            self.counts[f"{model.service_model.service_name}.{model.name}"] += 1
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.counts)
+
+
 class LocalCloud:
     def __init__(self, template_path: Path = ROOT / "template.yaml", overrides: dict[str, str] | None = None):
         self.template = cfn.load(template_path, overrides)
         self.server = None
         self.endpoint = ""
         self.functions: dict[str, LocalFunction] = {}
+        self.aws_calls = AwsCalls()
+        self._session = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, port: int = 0) -> "LocalCloud":
@@ -120,6 +140,13 @@ class LocalCloud:
         self._post("/moto-api/config", {"stepfunctions": {"execute_state_machine": True},
                                         "lambda": {"use_docker": False}})
         _patch_moto_lambda()
+        # Handlers make their clients from boto3's default session: count what they ask AWS for. localcloud's
+        # own clients (setup, reports) use a session of their own and are not counted.
+        import boto3
+
+        boto3.setup_default_session()
+        boto3.DEFAULT_SESSION.events.register("before-call", self.aws_calls)
+        self._session = boto3.session.Session()
         self._create_resources()
         return self
 
@@ -141,9 +168,7 @@ class LocalCloud:
             response.read()
 
     def client(self, service: str):
-        import boto3
-
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION)
+        return self._session.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION)
 
     # -- resources from the template ---------------------------------------------------------------------
     def _name(self, logical_id: str) -> str:

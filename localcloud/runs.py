@@ -1,13 +1,19 @@
 """What the localcloud commands do once the cloud is up: run a stream and report on it."""
 
+import json
+import re
 import time
 import uuid
 from pathlib import Path
+from urllib.request import urlopen
 
+from localcloud import phone
 from tts_stream import audio, manifest
 from tts_stream.config import part_key
 
 STATE_MACHINE = "SynthesisStateMachine"
+_OBJECT_URL = re.compile(r"https://(?P<bucket>[a-z0-9.-]+)\.s3\.[a-z0-9-]+\.amazonaws\.com/(?P<key>.+)")
+_PART_NAME = re.compile(r"part(\d+)\.wav")
 
 
 def run_stream(cloud, text: str, *, stream_id=None, voice=None, language=None, out_dir: Path | None = None,
@@ -74,3 +80,75 @@ def wait_for_executions(cloud, timeout_s: float = 120):
     arn = cloud.physical(STATE_MACHINE)
     for execution in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
         cloud.wait_execution(execution["executionArn"], timeout_s)
+
+
+def template_flow(template) -> dict:
+    """The contact flow exactly as template.yaml deploys it, wired to the template's ConnectFunction."""
+    return json.loads(template.resolve(template.body["Resources"]["StreamAnswerFlow"]["Properties"]["Content"]))
+
+
+def fetch_part(cloud, url: str) -> bytes:
+    """Fetch a part the way Play prompt does. An object URL is read with Connect's own (signed) access, which
+    the bucket policy grants; a presigned URL is fetched with a plain HTTP GET, its signature being the access."""
+    match = _OBJECT_URL.fullmatch(url)
+    if match:
+        s3 = cloud.client("s3")
+        return s3.get_object(Bucket=match.group("bucket"), Key=match.group("key"))["Body"].read()
+    if not url.startswith(cloud.endpoint + "/"):
+        raise ValueError(f"{url!r} is not an S3 URL of this local cloud")
+    with urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def run_call(cloud, text: str, *, speed: float = 1.0, out_wav: Path | None = None) -> dict:
+    """Simulate one phone call through the template's contact flow and report what the caller heard."""
+    contact_id = str(uuid.uuid4())
+    calls_before = cloud.aws_calls.snapshot()
+    started_ms = time.time_ns() // 1_000_000
+    report = phone.simulate_call(
+        template_flow(cloud.template), contact_id=contact_id, attributes={"AnswerText": text},
+        invoke_lambda=lambda arn, event: cloud.invoke("ConnectFunction", event),
+        fetch_part=lambda url: fetch_part(cloud, url), speed=speed,
+    )
+    wait_for_executions(cloud)
+    result = report.to_json()
+    result["contact_id"] = contact_id
+    result["aws_calls"] = dict(sorted((cloud.aws_calls.snapshot() - calls_before).items()))
+    _add_manifest_facts(cloud, result, started_ms)
+    if out_wav is not None:
+        out_wav.parent.mkdir(parents=True, exist_ok=True)
+        result["caller_wav"] = str(report.write_wav(out_wav))
+    return result
+
+
+def _add_manifest_facts(cloud, result: dict, started_ms: int):
+    """Give each played part its index, its text and when it became ready, from the stream's manifest."""
+    if not result.get("stream_id"):
+        return
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"],
+                          with_texts=True)
+    for part in result["parts"]:
+        index = int(_PART_NAME.search(part["url"]).group(1))
+        part["index"] = index
+        if found is not None:
+            part["text"] = found.texts[index].strip() if found.texts else ""
+            part["ready_ms"] = found.ready.get(index, 0) - started_ms
+    result["total"] = found.total if found else None
+
+
+def describe_call(result: dict) -> str:
+    lines = [f"call {result['contact_id']}: stream {result['stream_id']} {result['status']}, final {result['final']}, "
+             f"ended by {result['ended_by']}",
+             f"time to first audio {result['ttfa_ms']} ms, {len(result['parts'])}/{result.get('total')} parts heard, "
+             f"{result['lambda_invocations']} Lambda invocations, waiting between parts {sum(result['gaps_ms']):.0f} ms",
+             f"{'part':>4}  {'ready':>8}  {'played':>8}  {'audio':>7}  text"]
+    for part in result["parts"]:
+        text = part.get("text", "")
+        text = text if len(text) <= 50 else text[:47] + "..."
+        lines.append(f"{part['index']:>4}  {part.get('ready_ms', 0):>6}ms  {part['played_ms']:>6.0f}ms  "
+                     f"{part['duration_ms'] / 1000:>6.2f}s  {text}")
+    for message in result["messages"]:
+        lines.append(f"caller heard the prompt: {message}")
+    if result.get("caller_wav"):
+        lines.append(f"what the caller heard: {result['caller_wav']}")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tts_stream import batches, manifest, pipeline
-from tts_stream.config import Settings, check_stream_id, part_key
+from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id, part_key
 from tts_stream.errors import InvalidInput, StreamConflict
 
 ACTIONS = ("start_stream", "get_next_batch")
@@ -139,7 +139,8 @@ def handle(clients: Clients, settings: Settings, event, *, remaining_ms: int, cl
     params, stream_id = {}, ""
     try:
         params, contact_id = parameters(event)
-        stream_id = params.get("StreamId", "") if isinstance(params.get("StreamId", ""), str) else ""
+        given = params.get("StreamId", "")
+        stream_id = given if isinstance(given, str) and STREAM_ID_PATTERN.match(given) else ""
         action = params.get("Action")
         if action == "start_stream":
             return start_stream(clients, settings, params, contact_id, remaining_ms=remaining_ms, clock=clock)

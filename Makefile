@@ -1,0 +1,60 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.13
+VENV := .venv
+SAM_VENV := .venv-sam
+PY := $(VENV)/bin/python
+export SAM_CLI_TELEMETRY := 0
+
+DEMO_TEXT ?= Thanks for calling Example Telecom. Your new phone shipped on Monday, and it should arrive by Friday. \
+	주문하신 휴대폰은 월요일에 발송되었습니다. 금요일까지 도착할 예정입니다. \
+	If it does not arrive by then, call us again and we will send a replacement at no cost. \
+	감사합니다. 좋은 하루 보내세요.
+
+.PHONY: help setup tools demo test build clean
+
+help:
+	@echo "make demo   set up, then run a stream of real speech and a simulated call through the local cloud"
+	@echo "make test   set up, then run every test (unit, integration, template, SAM build)"
+	@echo "make build  sam build (deploy with: sam deploy --guided)"
+
+setup: $(VENV)/.installed $(SAM_VENV)/.installed tools
+
+$(VENV)/.installed: requirements-dev.txt functions/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.13 (pyenv install 3.13)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# SAM CLI pins its own boto3, so it lives in a venv of its own.
+$(SAM_VENV)/.installed:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.13 (pyenv install 3.13)"; exit 1; }
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint-serverless==0.3.6
+	touch $@
+
+# soxi and file check WAVs the way a second decoder would.
+tools:
+	@command -v soxi >/dev/null && command -v file >/dev/null || { \
+		echo "installing sox and file (Debian packages)"; \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq sox file >/dev/null; }
+
+demo: setup
+	@echo "== 1. One stream through the real workflow: parts, their text and when each was ready"
+	$(PY) -m localcloud stream --text "$(DEMO_TEXT)" --out out/demo/parts
+	@echo "== 2. A phone call through the template's contact flow, in real time"
+	$(PY) -m localcloud call --text "$(DEMO_TEXT)" --out out/demo/call.wav
+
+test: setup
+	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(PY) -m pytest
+
+build: $(SAM_VENV)/.installed
+	$(SAM_VENV)/bin/sam build
+
+clean:
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam out .pytest_cache .hypothesis

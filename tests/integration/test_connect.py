@@ -1,0 +1,274 @@
+"""ConnectFunction, invoked through the local Lambda API as Connect would: ordered batches, the final sentinel,
+retries, budgets and bad requests. Streams are set up in the real manifest table, parts made ready in the
+order a test needs."""
+
+import json
+import time
+import uuid
+from urllib.request import urlopen
+
+import pytest
+
+from tts_stream import audio, manifest, streams
+from tts_stream.batches import MAX_BATCH_SIZE
+from tts_stream.config import load as load_settings
+
+CONTACT = "4a573372-1f28-4e26-b97b-7c2b0a8cd5e1"
+
+
+def event(contact_id=CONTACT, **params):
+    return {"Name": "ContactFlowEvent", "Details": {
+        "ContactData": {"Attributes": {}, "Channel": "VOICE", "ContactId": contact_id,
+                        "InstanceARN": "arn:aws:connect:us-east-1:123456789012:instance/abc"},
+        "Parameters": {k: str(v) for k, v in params.items()}}}
+
+
+def next_batch(cloud, stream_id, next_index, size=5):
+    return cloud.invoke("ConnectFunction", event(Action="get_next_batch", StreamId=stream_id,
+                                                 NextIndex=next_index, BatchSize=size))
+
+
+def urls(reply):
+    return [reply[f"Part{i}Url"] for i in range(int(reply["Count"]))]
+
+
+def index_of(url):
+    return int(url.rsplit("part", 1)[1].split(".wav")[0])
+
+
+@pytest.fixture
+def make_stream(cloud):
+    """A planned stream of `total` parts in the real manifest table, without synthesis: tests mark parts
+    ready (or failed) themselves, in any order."""
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+
+    def make(stream_id, total):
+        manifest.plan(ddb, table, stream_id, "hash", texts=[f"Sentence {i}. " for i in range(total)],
+                      engine="espeak", voice="en-us", language="en", now_ms=time.time_ns() // 1_000_000,
+                      ttl_hours=1)
+        return Stream(ddb, table, stream_id)
+
+    return make
+
+
+class Stream:
+    def __init__(self, ddb, table, stream_id):
+        self.ddb, self.table, self.stream_id = ddb, table, stream_id
+
+    def ready(self, *indexes):
+        for i in indexes:
+            manifest.mark_ready(self.ddb, self.table, self.stream_id, i, now_ms=time.time_ns() // 1_000_000)
+        return self
+
+    def fail(self, index):
+        manifest.mark_part_failed(self.ddb, self.table, self.stream_id, index, "the engine rejected it")
+        return self
+
+    def finish(self):
+        manifest.finish(self.ddb, self.table, self.stream_id)
+        return self
+
+
+@pytest.fixture(autouse=True)
+def short_waits(setting):
+    """Keep waits short where a test expects nothing to become ready."""
+    setting("BATCH_WAIT_MS", 300)
+
+
+def test_start_stream_hands_back_part_0_in_the_first_batch(cloud):
+    contact = str(uuid.uuid4())
+    reply = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", BatchSize=5,
+                                                  Text="Hello and welcome. Your balance is 42 dollars."))
+    assert reply["Status"] in ("streaming", "complete")
+    assert reply["StreamId"].startswith(contact)
+    assert int(reply["Count"]) >= 1
+    assert reply["Part0Url"].endswith("/part0000.wav")
+    assert reply["NextIndex"] == reply["Count"]
+    assert set(reply) == {"StreamId", "Status", "Count", "NextIndex", "Final", "Error",
+                          *(f"Part{i}Url" for i in range(5))}
+    assert all(isinstance(v, str) for v in reply.values())
+
+
+def test_a_retried_start_stream_is_the_same_stream_and_starts_one_workflow(cloud):
+    contact = str(uuid.uuid4())
+    start = event(contact, Action="start_stream", BatchSize=5, Text="One answer, started twice by a retry.")
+    before = cloud.aws_calls.snapshot()
+    first = cloud.invoke("ConnectFunction", start)
+    second = cloud.invoke("ConnectFunction", start)
+    assert first["StreamId"] == second["StreamId"]
+    assert urls(first) == urls(second)[:len(urls(first))]
+    assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
+
+
+def test_a_batch_is_the_contiguous_ready_prefix_even_when_later_parts_are_ready(cloud, make_stream, stream_id):
+    stream = make_stream(stream_id, 6).ready(0, 1, 3, 4)
+
+    first = next_batch(cloud, stream_id, 0)
+    assert [index_of(u) for u in urls(first)] == [0, 1]
+    assert first["NextIndex"] == "2" and first["Final"] == "false"
+
+    waiting = next_batch(cloud, stream_id, 2)
+    assert waiting["Count"] == "0" and waiting["NextIndex"] == "2" and waiting["Final"] == "false"
+
+    stream.ready(2)
+    third = next_batch(cloud, stream_id, 2)
+    assert [index_of(u) for u in urls(third)] == [2, 3, 4]
+    assert third["NextIndex"] == "5"
+
+
+def test_following_next_index_plays_every_part_once_in_order_and_final_once(cloud, make_stream, stream_id):
+    stream = make_stream(stream_id, 7)
+    order, played, finals, next_index = [5, 2, 0, 6, 1, 4, 3], [], [], 0
+    for ready in order:
+        stream.ready(ready)
+        if ready == order[-1]:
+            stream.finish()
+        reply = next_batch(cloud, stream_id, next_index, size=2)
+        played += [index_of(u) for u in urls(reply)]
+        finals.append(reply["Final"])
+        next_index = int(reply["NextIndex"])
+    while finals[-1] != "true":
+        reply = next_batch(cloud, stream_id, next_index, size=2)
+        played += [index_of(u) for u in urls(reply)]
+        finals.append(reply["Final"])
+        next_index = int(reply["NextIndex"])
+    assert played == list(range(7))
+    assert finals.count("true") == 1
+    assert reply["Status"] == "complete"
+
+
+def test_the_same_request_gives_the_same_batch(cloud, make_stream, stream_id):
+    make_stream(stream_id, 4).ready(0, 1, 2)
+    assert next_batch(cloud, stream_id, 1) == next_batch(cloud, stream_id, 1)
+
+
+def test_final_comes_with_the_batch_that_holds_the_last_part(cloud, make_stream, stream_id):
+    make_stream(stream_id, 3).ready(0, 1, 2).finish()
+    partial = next_batch(cloud, stream_id, 0, size=2)
+    assert partial["Final"] == "false"
+    last = next_batch(cloud, stream_id, 2, size=2)
+    assert [index_of(u) for u in urls(last)] == [2] and last["Final"] == "true" and last["Status"] == "complete"
+    # Connect retrying the last request gets the same answer
+    assert next_batch(cloud, stream_id, 2, size=2) == last
+
+
+def test_a_failed_stream_hands_out_every_part_before_the_failure_then_final(cloud, make_stream, stream_id):
+    make_stream(stream_id, 6).ready(0, 1, 3, 4, 5).fail(2).finish()
+    reply = next_batch(cloud, stream_id, 0)
+    assert [index_of(u) for u in urls(reply)] == [0, 1]
+    assert reply["Final"] == "true" and reply["Status"] == "failed"
+    assert "rejected" in reply["Error"]
+
+
+def test_the_batch_size_is_clamped_to_what_the_reply_carries(cloud, make_stream, stream_id):
+    make_stream(stream_id, 15).ready(*range(15))
+    reply = next_batch(cloud, stream_id, 0, size=50)
+    assert reply["Count"] == str(MAX_BATCH_SIZE)
+    assert sorted(k for k in reply if k.startswith("Part")) == sorted(f"Part{i}Url" for i in range(MAX_BATCH_SIZE))
+    assert [index_of(u) for u in urls(reply)] == list(range(MAX_BATCH_SIZE))
+
+
+@pytest.mark.parametrize("mode", ["object", "presigned"])
+def test_a_ready_batch_costs_one_manifest_read_and_no_s3_request(cloud, make_stream, stream_id, setting, mode):
+    setting("PROMPT_URL_MODE", mode)
+    make_stream(stream_id, 3).ready(0, 1, 2)
+    before = cloud.aws_calls.snapshot()
+    next_batch(cloud, stream_id, 0)
+    assert dict(cloud.aws_calls.snapshot() - before) == {"dynamodb.GetItem": 1}
+
+
+def test_object_urls_point_at_the_part_in_the_audio_bucket(cloud, make_stream, stream_id):
+    make_stream(stream_id, 1).ready(0)
+    url = next_batch(cloud, stream_id, 0)["Part0Url"]
+    bucket = cloud.physical("AudioBucket")
+    assert url == f"https://{bucket}.s3.us-east-1.amazonaws.com/streams/{stream_id}/part0000.wav"
+
+
+def test_presigned_urls_fetch_the_part_over_plain_http(cloud, setting):
+    setting("PROMPT_URL_MODE", "presigned")
+    reply = cloud.invoke("ConnectFunction", event(str(uuid.uuid4()), Action="start_stream", BatchSize=5,
+                                                  Text="A presigned part plays too."))
+    with urlopen(reply["Part0Url"], timeout=10) as response:
+        wav = audio.read_connect_wav(response.read())
+    assert wav.sample_rate == 8000 and wav.duration_ms > 300
+
+
+def test_every_wait_stays_inside_the_budget_and_connects_limit(cloud, make_stream, stream_id):
+    # Given a stream whose next part never becomes ready, and a virtual clock
+    make_stream(stream_id, 2)
+    clock = VirtualClock()
+    clients = streams.Clients(ddb=cloud.client("dynamodb"), s3=cloud.client("s3"), sfn=cloud.client("stepfunctions"))
+    settings = load_settings()
+    # When the Lambda has plenty of time, it waits its configured budget and no longer
+    reply = streams.handle(clients, settings, event(Action="get_next_batch", StreamId=stream_id, NextIndex=0,
+                                                    BatchSize=5), remaining_ms=8000, clock=clock)
+    assert reply["Count"] == "0" and reply["Final"] == "false"
+    assert settings.batch_wait_ms <= clock.elapsed_ms <= settings.batch_wait_ms + settings.poll_interval_ms
+    # When little time remains, it leaves a margin for the reply
+    clock = VirtualClock()
+    streams.handle(clients, settings, event(Action="get_next_batch", StreamId=stream_id, NextIndex=0, BatchSize=5),
+                   remaining_ms=250, clock=clock)
+    assert clock.elapsed_ms == 0
+
+
+def test_default_waits_fit_connects_8_second_limit():
+    from localcloud import template as cfn
+    from pathlib import Path
+
+    loaded = cfn.load(Path(__file__).resolve().parents[2] / "template.yaml")
+    timeout_s = loaded.body["Resources"]["ConnectFunction"]["Properties"]["Timeout"]
+    settings = load_settings({})
+    assert timeout_s <= 8
+    assert settings.start_wait_ms + 1000 <= timeout_s * 1000
+    assert settings.batch_wait_ms + 1000 <= timeout_s * 1000
+
+
+class VirtualClock:
+    def __init__(self):
+        self.now = time.time_ns() // 1_000_000
+        self.start = self.now
+
+    @property
+    def elapsed_ms(self):
+        return self.now - self.start
+
+    def now_ms(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += int(seconds * 1000)
+
+
+@pytest.mark.parametrize("bad, status, message", [
+    (event(Action="dance"), "error", "Action 'dance' is not known"),
+    (event(), "error", "Action None is not known"),
+    (event(Action="get_next_batch", NextIndex=0, BatchSize=5), "error", "stream id None is not valid"),
+    (event(Action="get_next_batch", StreamId="../../other", NextIndex=0, BatchSize=5), "error", "is not valid"),
+    (event(Action="get_next_batch", StreamId="s1", NextIndex=-1, BatchSize=5), "error", "NextIndex must be"),
+    (event(Action="get_next_batch", StreamId="s1", NextIndex="lots", BatchSize=5), "error", "NextIndex must be"),
+    (event(Action="get_next_batch", StreamId="s1", NextIndex=0, BatchSize=0), "error", "BatchSize must be at least 1"),
+    (event(Action="get_next_batch", StreamId="never-started", NextIndex=0, BatchSize=5), "not_found", "does not exist"),
+    (event(Action="start_stream", BatchSize=5), "error", "text is missing"),
+    (event(Action="start_stream", BatchSize=5, Text="x" * 20001), "error", "the most a stream takes is 20000"),
+    (event(Action="start_stream", BatchSize=5, Text="Hi.", Language="fr"), "error", "language 'fr'"),
+    ({"Details": "nope"}, "error", "not a Connect ContactFlowEvent"),
+    ([], "error", "not a Connect ContactFlowEvent"),
+    ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
+], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
+        "zero-batch", "unknown-stream", "no-text", "huge-text", "unknown-language", "details-not-a-map",
+        "not-an-object", "parameters-not-a-map"])
+def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
+    reply = cloud.invoke("ConnectFunction", bad)
+    assert reply["Status"] == status
+    assert message in reply["Error"]
+    assert reply["Final"] == "true" and reply["Count"] == "0"
+    assert all(isinstance(v, str) for v in reply.values())
+    json.dumps(reply)
+
+
+def test_a_stream_id_reused_for_another_text_is_refused(cloud):
+    stream_id = f"reuse-{uuid.uuid4().hex[:8]}"
+    cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, BatchSize=5, Text="First."))
+    reply = cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, BatchSize=5,
+                                                  Text="Something else."))
+    assert reply["Status"] == "error" and "different text" in reply["Error"]
