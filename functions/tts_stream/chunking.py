@@ -1,0 +1,535 @@
+"""Split a chatbot answer into chunks that are spoken one synthesized part each.
+
+A phone caller hears every chunk boundary: a split after "Dr." or inside "3.5" is a pause and a prosody
+reset in the middle of a phrase. So the rules here lean towards *not* splitting when in doubt: a missed
+sentence boundary only makes one part a little longer, a wrong one is audible.
+
+How a text becomes chunks:
+
+1. `normalize_for_speech` removes Markdown and collapses whitespace, so that what is split is what is spoken.
+2. Sentence boundaries are found by cheap rules at every `. ! ? … 。` followed by a space. Korean sentence
+   ends (`다.` `요.` `까?` ...) and plain English ends are decided by the rules; only the genuinely ambiguous
+   English cases (an abbreviation before a capital letter: "9 a.m. Please", "Inc. The") are judged by pysbd,
+   run on a small window around the candidate. pysbd has no Korean, is quadratic in the text length
+   (~0.7 s for 30,000 characters) and splits URLs, so running it over the whole answer is neither right
+   nor fast enough.
+3. Sentences are shaped into chunks: a short first chunk, later chunks of whole sentences up to a target
+   length, a hard maximum that is never exceeded, and a tiny last piece folded into the chunk before it.
+
+Every chunk is a consecutive substring of the normalized text; the space after a sentence stays at the end
+of the chunk before it, so callers `.strip()` a chunk before synthesis.
+"""
+
+import bisect
+import re
+import unicodedata
+from typing import NamedTuple
+
+import pysbd
+from pysbd.lang.english import English
+
+# The first part decides the caller's time to first audio: one short clause (the field notes measure
+# 15-40 characters as the sweet spot) is synthesized and played while the rest is still being made.
+DEFAULT_FIRST_MAX = 40
+# Later parts merge sentences: fewer prosody resets and fewer per-part requests, while one part still
+# synthesizes in well under a second (~12 s of English speech at 200 characters).
+DEFAULT_TARGET = 200
+# Only a single run-on sentence can exceed the target; past this it is cut at a clause. 400 characters is
+# far below Polly's 3,000 billed characters per request, leaves room for SSML escaping, and keeps one part
+# under ~30 s of English (~60 s of Korean) so an interrupted turn wastes little audio.
+DEFAULT_MAX_LEN = 400
+# A last piece shorter than this ("Thank you!") sounds clipped as its own part and costs a request.
+TINY_TAIL = 20
+# Share of the minority script (Hangul or Latin letters) from which a text counts as mixed.
+MIXED_SHARE = 0.2
+# Characters of context given to pysbd on each side of an ambiguous period, and the most it gets at once.
+_PYSBD_CONTEXT = 80
+_PYSBD_WINDOW_MAX = 400
+
+# Deeper nesting is not language; dropping the oldest openers keeps stray brackets from costing O(n²).
+_MAX_BRACKET_DEPTH = 16
+_OPENERS = "\"'“‘([{「『《〈【«"
+_CLOSERS = "\"'”’)]}」』》〉】»"
+_BRACKET_PAIRS = {"(": ")", "[": "]", "{": "}", "“": "”", "‘": "’", "「": "」", "『": "』", "《": "》",
+                  "〈": "〉", "【": "】", "«": "»"}
+_BRACKET_CHARS = re.compile(r"[()\[\]{}\"“”‘’「」『』《》〈〉【】«»]")
+
+# Terminal punctuation, then closing quotes/brackets, then the space that makes it a candidate boundary.
+# CJK full stops end a sentence even without a following space.
+_CANDIDATE = re.compile(r"([.!?…]+|[。！？]+)([" + re.escape(_CLOSERS) + r"]*)( ?)")
+
+# Abbreviations that pysbd's English list lacks but answers use before numbers ("approx. 20", "ext. 123").
+_EXTRA_ABBREVIATIONS = frozenset({
+    "approx", "appt", "apt", "avg", "ca", "cf", "dept", "est", "excl", "hrs", "incl", "max", "mins",
+    "mon", "pg", "qty", "sat", "secs", "sun", "tel", "thu", "thur", "thurs", "tue", "tues", "vol", "wed",
+    "fri", "yr", "yrs",
+})
+_ABBREVIATIONS = frozenset(English.Abbreviation.ABBREVIATIONS) | _EXTRA_ABBREVIATIONS
+_TITLES = frozenset(English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)  # dr, mr, mrs, prof, st, vs, fig ...
+_DOTTED_ABBREVIATION = re.compile(r"[A-Za-z]{1,3}(?:\.[A-Za-z]{1,3})+")  # a.m, e.g, U.S.A, Ph.D
+
+_URL = re.compile(
+    r"(?:https?://|www\.)\S+"
+    r"|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|edu|gov|io|ai|app|dev|co|kr|jp|uk|us|info|biz)\b(?:/\S*)?",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL_TRAILING_PUNCTUATION = ".,;:!?)]}'\"”’"
+
+# Places to cut a sentence that is too long, strongest first: clause boundaries, then phrase boundaries
+# (before "of the ...", after a Korean particle), then any space.
+_PRIORITY_QUOTED_SENTENCE = 6
+_PRIORITY_SEMICOLON = 5
+_PRIORITY_COMMA = 4
+_PRIORITY_CONNECTIVE = 3
+_PRIORITY_PHRASE = 2
+_PRIORITY_SPACE = 1
+_PRIORITY_GLUED = 0
+_CUT_PATTERNS = (
+    (re.compile(r"[;:] "), _PRIORITY_SEMICOLON),
+    (re.compile(r"(?:[,、，]| [-–—]|—) "), _PRIORITY_COMMA),
+    # Cut before an English conjunction, after a Korean connective ending (먹고, 하며, 했는데, 좋지만, 발송되어).
+    (re.compile(
+        r" (?=(?:and|but|or|so|because|which|while|although|though|whereas|unless|until|since|if|when"
+        r"|where|then|yet)\b)",
+        re.IGNORECASE,
+    ), _PRIORITY_CONNECTIVE),
+    # "하고 있습니다", "하고 싶어요" and "하고 계십니다" are one verb, not two clauses.
+    (re.compile(r"[가-힣](?:(?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나) |고 (?!있|계|싶))"),
+     _PRIORITY_CONNECTIVE),
+    # Cut after a Korean subject/object/adverbial particle (상품은, 내일까지).
+    (re.compile(r"[가-힣](?:은|는|이|가|을|를|에|에서|에게|께서|으로|로|와|과|도|까지|부터) "), _PRIORITY_PHRASE),
+)
+# Cut before a preposition or article that starts a phrase ("looking | for the jacket", not "for | the").
+_PHRASE_WORDS = frozenset({"the", "a", "an", "to", "of", "for", "in", "on", "at", "by", "with", "from",
+                           "about", "into", "after", "before", "during", "that", "who"})
+_WORD_AFTER_SPACE = re.compile(r"(?<= )[A-Za-z]+\b")
+
+# Markdown, line by line (block syntax) and inline.
+_FENCE_LINE = re.compile(r"^\s*(?:```|~~~)")
+_RULE_LINE = re.compile(r"^\s*([-*_])(?:\s*\1){2,}\s*$")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
+_BLOCKQUOTE = re.compile(r"^\s*(?:>\s?)+")
+_BULLET = re.compile(r"^\s*[-*+•]\s+")
+_NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
+_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+_INLINE_CODE = re.compile(r"`+([^`]+?)`+")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
+_EMPHASIS = re.compile(r"\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")
+_STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
+_ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_for_speech(text: str) -> str:
+    """Return the text a voice should read: Markdown removed, whitespace collapsed to single spaces.
+
+    Headings, bullets, blockquotes, fences, emphasis, inline code and link targets are removed, and so
+    is struck-out text; numbered-list markers stay because "1." is spoken naturally. A heading or list
+    line without final punctuation gets a period when more text follows, so the voice pauses between
+    items instead of running "Hours We open at 9" together. Plain single-spaced text comes back unchanged.
+
+    The cleanup repeats until nothing changes, which makes the function idempotent even for nested
+    Markdown such as `**[bold link](url)**`.
+    """
+    current = text
+    while True:
+        cleaned = _normalize_once(current)
+        if cleaned == current:
+            return cleaned
+        current = cleaned
+
+
+def _normalize_once(text: str) -> str:
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+    blocks = [_strip_block_markdown(line) for line in text.splitlines()]
+    kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
+    last_spoken = max((index for index, (line, _) in enumerate(kept) if line.strip()), default=-1)
+    spoken = []
+    for index, (line, is_item) in enumerate(kept):
+        words = line.strip()
+        if is_item and index < last_spoken and words and not _ENDS_WITH_PUNCTUATION.search(words):
+            line = line.rstrip() + "."
+        spoken.append(line)
+    return _WHITESPACE.sub(" ", " ".join(spoken)).strip()
+
+
+def _strip_block_markdown(line: str) -> tuple[str, bool] | None:
+    """Remove a line's block syntax; None drops the line. The flag marks headings and list items."""
+    if _FENCE_LINE.match(line) or _RULE_LINE.match(line):
+        return None
+    line = _BLOCKQUOTE.sub("", line)
+    heading = _HEADING.match(line)
+    if heading:
+        return heading.group(1), True
+    bullet = _BULLET.match(line)
+    if bullet:
+        return line[bullet.end():], True
+    return line, bool(_NUMBERED.match(line))
+
+
+def _strip_inline_markdown(line: str) -> str:
+    line = _IMAGE.sub(r"\1", line)
+    line = _LINK.sub(r"\1", line)
+    line = _INLINE_CODE.sub(r"\1", line)
+    line = _STRONG.sub(lambda m: m.group(1) or m.group(2), line)
+    line = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), line)
+    return _STRIKE.sub("", line)  # struck-out text ("~~$20~~ $15") is no longer true: not spoken
+
+
+def detect_language(text: str) -> str:
+    """Return "ko", "en" or "mixed" from the share of Hangul and Latin letters.
+
+    Digits, punctuation and other scripts are ignored, and so are URLs and e-mail addresses: they are
+    Latin in every language and would make a Korean answer with one link look English. The text is
+    "mixed" when the minority script holds at least MIXED_SHARE (20%) of the counted letters, otherwise
+    it is the majority script. A text without any such letter (digits only, empty) is "en".
+    """
+    text = _URL.sub(" ", _EMAIL.sub(" ", text))
+    hangul = sum(1 for char in text if _is_hangul(char))
+    latin = sum(1 for char in text if char.isalpha() and ord(char) < 0x250)
+    counted = hangul + latin
+    if counted == 0:
+        return "en"
+    if min(hangul, latin) / counted >= MIXED_SHARE:
+        return "mixed"
+    return "ko" if hangul > latin else "en"
+
+
+def split_for_speech(
+    text: str,
+    *,
+    first_max: int = DEFAULT_FIRST_MAX,
+    target: int = DEFAULT_TARGET,
+    max_len: int = DEFAULT_MAX_LEN,
+) -> list[str]:
+    """Split an answer (English, Korean or both) into chunks to synthesize and play in order.
+
+    Guarantees: `"".join(chunks) == normalize_for_speech(text)`; no chunk is empty, whitespace-only or
+    longer than `max_len`; the first chunk is at most `first_max` characters; the same input always gives
+    the same chunks. Empty or whitespace-only text gives [].
+
+    The first chunk is the first sentence alone when it fits in `first_max`, otherwise its strongest
+    clause below `first_max` ("Sure, "): a short first part shortens the silence before the caller hears
+    anything. Later chunks merge whole sentences up to `target` characters. A sentence longer than
+    `max_len` is cut at its best boundary below `max_len`: a sentence end inside a quotation, semicolon or
+    colon, comma or dash, conjunction or Korean connective ending (-고, -며, -는데, -지만, -어서), phrase
+    start (before "of", after 은/는/을/를), then the last space; a hard cut only when there is no space.
+    A last chunk under TINY_TAIL characters is merged into the previous one when that stays within limits.
+    Time grows linearly: ~1 ms per 1,000 characters of a usual answer, ~3.5 ms when every sentence has an
+    ambiguous abbreviation for pysbd to judge (tests/bench/bench_chunking.py).
+    See DEFAULT_FIRST_MAX, DEFAULT_TARGET and DEFAULT_MAX_LEN for why the defaults are what they are.
+    """
+    _check_limits(first_max, target, max_len)
+    normalized = normalize_for_speech(text)
+    if not normalized:
+        return []
+    boundaries = _find_sentence_boundaries(normalized, max_len)
+    chunks = _shape(normalized, boundaries, first_max, target, max_len)
+    return _merge_tiny_tail(chunks, first_max, max_len)
+
+
+def _check_limits(first_max: int, target: int, max_len: int) -> None:
+    for name, value in (("first_max", first_max), ("target", target), ("max_len", max_len)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 so that a chunk can carry the space after a word, "
+                         f"got {max_len}")
+    if max_len < first_max:
+        raise ValueError(f"max_len ({max_len}) must be at least first_max ({first_max})")
+    if max_len < target:
+        raise ValueError(f"max_len ({max_len}) must be at least target ({target})")
+
+
+class _Boundaries(NamedTuple):
+    """Sentence starts found in a normalized text, and how good a cut each declined candidate would be.
+
+    `cut_priority` maps a position where the rules chose not to start a sentence to its value as a
+    clause cut: a sentence end inside a quotation is a strong place, "Wait... what?" an ordinary pause,
+    and the space after "Dr." or "1." the worst space of all.
+    """
+
+    starts: list[int]
+    cut_priority: dict[int, int]
+
+
+# Verdicts on one candidate boundary.
+_SPLIT = "split"  # a sentence starts here
+_ASK = "ask"  # an abbreviation other than a title before a capital letter ("9 a.m. Please"): pysbd decides
+_PAUSE = "pause"  # not a sentence start ("Wait... what?") but a natural place to cut a long sentence
+_GLUED = "glued"  # after an abbreviation or a list number: cutting here would be audible
+
+
+def _find_sentence_boundaries(text: str, max_len: int) -> _Boundaries:
+    """Decide every candidate boundary by rule, asking pysbd only where English is ambiguous."""
+    quote_spans = _quote_spans(text, max_len)
+    quote_opens = [start for start, _ in quote_spans]
+    starts, asks, cut_priority = [], [], {}
+    for match in _CANDIDATE.finditer(text):
+        boundary = match.end()
+        if boundary >= len(text) or (not match.group(3) and match.group(1)[0] not in "。！？"):
+            continue
+        if _inside_span(match.start(), boundary, quote_spans, quote_opens):
+            cut_priority[boundary] = _PRIORITY_QUOTED_SENTENCE
+            continue
+        verdict = _classify(text, match)
+        if verdict == _SPLIT:
+            starts.append(boundary)
+        elif verdict == _ASK:
+            asks.append((match.start(), boundary))
+        elif verdict == _PAUSE:
+            cut_priority[boundary] = _PRIORITY_COMMA
+        else:
+            cut_priority[boundary] = _PRIORITY_GLUED
+    confirmed = _ask_pysbd(text, asks, starts)
+    for _, boundary in asks:
+        if boundary not in confirmed:
+            cut_priority[boundary] = _PRIORITY_GLUED
+    return _Boundaries(sorted(set(starts) | confirmed), cut_priority)
+
+
+def _classify(text: str, match: re.Match) -> str:
+    """Decide one candidate: a sentence start, a pause inside a sentence, glued text, or ask pysbd."""
+    punctuation = match.group(1)
+    token = _token_before(text, match.start())
+    following = _next_letter(text, match.end())
+    if token and _is_hangul(token[-1]):
+        return _SPLIT  # Korean sentence end: 다. 요. 까? 니다. 요…
+    if punctuation[0] in "。！？":
+        return _SPLIT
+    if punctuation != ".":
+        return _PAUSE if following.islower() else _SPLIT  # ! ? … ...; "Wait... what?" stays whole
+    if _is_list_marker(text, match.start(), token) or (token.isdigit() and following.isdigit()):
+        return _GLUED  # "Steps: 1. Open the app. 2. Tap Settings.", a Korean date "2024. 3. 15."
+    if token.lower() in _TITLES:
+        return _GLUED  # "Dr. Kim", "Prof. Han": pysbd never splits after a title either
+    if _is_abbreviation(token):
+        return _ASK if following.isupper() else _GLUED  # "9 a.m. Please"? / "approx. 20", "5 p.m. 주문하신"
+    return _PAUSE if following.islower() else _SPLIT
+
+
+def _token_before(text: str, index: int) -> str:
+    """The word before a punctuation mark, without surrounding quotes or brackets."""
+    start = text.rfind(" ", 0, index) + 1
+    return text[start:index].lstrip(_OPENERS).rstrip(_CLOSERS)
+
+
+def _is_list_marker(text: str, index: int, token: str) -> bool:
+    """A number of one or two digits that starts the text or follows a sentence end or a colon.
+
+    "Jan. 5. Please call" and "It is 5. Thanks" are sentence ends; "Steps: 1. Open" is not.
+    """
+    if not (token.isdigit() and len(token) <= 2):
+        return False
+    token_start = text.rfind(" ", 0, index) + 1
+    if token_start == 0:
+        return True
+    mark = text[token_start - 2]
+    if mark not in ".!?…:;":
+        return False
+    return not (mark == "." and _is_abbreviation(_token_before(text, token_start - 2)))
+
+
+def _next_letter(text: str, index: int) -> str:
+    """The first character of the next sentence, looking past opening quotes and brackets."""
+    while index < len(text) and text[index] in _OPENERS:
+        index += 1
+    return text[index] if index < len(text) else ""
+
+
+def _is_abbreviation(token: str) -> bool:
+    if len(token) == 1:
+        return token.isascii() and token.isalpha()
+    return token.lower() in _ABBREVIATIONS or bool(_DOTTED_ABBREVIATION.fullmatch(token))
+
+
+def _is_hangul(char: str) -> bool:
+    return "가" <= char <= "힣" or "ᄀ" <= char <= "ᇿ" or "㄰" <= char <= "㆏"
+
+
+def _quote_spans(text: str, max_len: int) -> list[tuple[int, int]]:
+    """Outermost balanced quote/bracket pairs short enough to keep whole, as (open, close) indexes.
+
+    A pair longer than max_len could not stay in one chunk anyway, and a stray quote mark (an inch sign)
+    would otherwise silence every boundary up to the next one.
+    """
+    stack: list[tuple[str, int]] = []
+    spans = []
+    for match in _BRACKET_CHARS.finditer(text):
+        char, index = match.group(), match.start()
+        if char == '"':
+            opened = next((depth for depth in range(len(stack) - 1, -1, -1) if stack[depth][0] == '"'), None)
+        elif char in _BRACKET_PAIRS:
+            stack = stack[-_MAX_BRACKET_DEPTH:] + [(char, index)]
+            continue
+        else:
+            opened = next((depth for depth in range(len(stack) - 1, -1, -1)
+                           if _BRACKET_PAIRS.get(stack[depth][0]) == char), None)
+            if opened is None:
+                continue  # an apostrophe ’ or a stray closer
+        if opened is None:
+            stack.append((char, index))
+            continue
+        start = stack[opened][1]
+        del stack[opened:]
+        if index - start < max_len:
+            spans.append((start, index))
+    outermost = []
+    for start, end in sorted(spans):
+        if outermost and start < outermost[-1][1]:
+            continue
+        outermost.append((start, end))
+    return outermost
+
+
+def _inside_span(punctuation: int, boundary: int, spans: list[tuple[int, int]], opens: list[int]) -> bool:
+    position = bisect.bisect_left(opens, punctuation) - 1
+    return position >= 0 and boundary <= spans[position][1]
+
+
+def _ask_pysbd(text: str, asks: list[tuple[int, int]], starts: list[int]) -> set[int]:
+    """Return the ambiguous boundaries that pysbd confirms, judging each in a small window of context.
+
+    A candidate's window runs from the sentence start before it to the next certain boundary after it,
+    clipped to _PYSBD_CONTEXT characters each side. Neighbouring windows share one pysbd call up to
+    _PYSBD_WINDOW_MAX characters: pysbd rescans the whole text for every abbreviation it meets, so its
+    cost grows with the square of what it is given. Only candidates found by the rules can be
+    confirmed: pysbd never adds a boundary of its own.
+    """
+    if not asks:
+        return set()
+    windows: list[tuple[int, int, list[int]]] = []
+    for punctuation, boundary in asks:
+        before = bisect.bisect_right(starts, punctuation)
+        sentence_start = starts[before - 1] if before else 0
+        after = bisect.bisect_right(starts, boundary)
+        next_start = starts[after] if after < len(starts) else len(text)
+        begin = max(sentence_start, _word_start(text, punctuation - _PYSBD_CONTEXT))
+        end = min(next_start, _word_end(text, boundary + _PYSBD_CONTEXT))
+        if windows and begin <= windows[-1][1] and end - windows[-1][0] <= _PYSBD_WINDOW_MAX:
+            shared_begin, _, judged = windows.pop()
+            windows.append((shared_begin, end, judged + [boundary]))
+        else:
+            windows.append((begin, end, [boundary]))
+    segmenter = pysbd.Segmenter(language="en", clean=False, char_span=True)
+    confirmed = set()
+    for begin, end, judged in windows:
+        found = {begin + span.start + len(span.sent) - len(span.sent.lstrip())
+                 for span in segmenter.segment(_mask_links(text[begin:end]))[1:]}
+        confirmed.update(boundary for boundary in judged if boundary in found)
+    return confirmed
+
+
+def _word_start(text: str, index: int) -> int:
+    if index <= 0:
+        return 0
+    return text.rfind(" ", 0, index) + 1
+
+
+def _word_end(text: str, index: int) -> int:
+    if index >= len(text):
+        return len(text)
+    space = text.find(" ", index)
+    return len(text) if space == -1 else space
+
+
+def _mask_links(text: str) -> str:
+    """Replace URLs and e-mail addresses by letters of the same length: pysbd splits "help?id=3.5"."""
+    def mask(match: re.Match) -> str:
+        link = match.group().rstrip(_URL_TRAILING_PUNCTUATION)
+        return "x" * len(link) + match.group()[len(link):]
+
+    return _URL.sub(mask, _EMAIL.sub(mask, text))
+
+
+def _shape(text: str, boundaries: _Boundaries, first_max: int, target: int, max_len: int) -> list[str]:
+    """Pack sentences into chunks: the first sentence alone, then whole sentences up to target."""
+    starts = boundaries.starts
+    ends = starts + [len(text)]
+    chunks = []
+    position = 0
+    while position < len(text):
+        # The first chunk is one sentence at most: merging would only delay the first audio.
+        limit, goal = (first_max, 0) if not chunks else (max_len, target)
+        # Only a hard-cut first chunk can leave a space here; the space must not become a chunk alone.
+        first_word = position + 1 if text[position] == " " else position
+        index = bisect.bisect_right(ends, first_word)
+        if ends[index] - position > limit:
+            # The first chunk may be a sliver ("Sure, "): it only has to start the audio.
+            shortest = 0 if not chunks else limit // 3
+            end = _best_cut(text, position, position + limit, shortest, boundaries)
+        else:
+            end = ends[index]
+            while index + 1 < len(ends) and ends[index + 1] - position <= goal:
+                index += 1
+                end = ends[index]
+        chunks.append(text[position:end])
+        position = end
+    return chunks
+
+
+def _best_cut(text: str, start: int, limit_end: int, shortest: int, boundaries: _Boundaries) -> int:
+    """Where to cut text[start:] so that the piece is at most limit_end - start characters long.
+
+    The strongest clause boundary wins; among equals the latest (longest piece). Clause boundaries that
+    leave a piece under `shortest` characters are used only when there is none later, so a long sentence
+    is not cut into slivers. Without a clause boundary the latest phrase boundary is used, then the
+    latest space, the space after an abbreviation ("Dr. | Kim") only if there is no other.
+    """
+    window = text[start:limit_end + 1]
+    priority_at: dict[int, int] = {}
+    # A piece may start with a space only after a hard cut with a tiny first_max; it must not end there too.
+    first_word = start + 1 if text[start] == " " else start
+
+    def offer(cut: int, priority: int) -> None:
+        if first_word < cut <= limit_end and priority > priority_at.get(cut, -1):
+            priority_at[cut] = priority
+
+    for pattern, priority in _CUT_PATTERNS:
+        for match in pattern.finditer(window):
+            offer(start + match.end(), priority)
+    previous_word = ""
+    for match in _WORD_AFTER_SPACE.finditer(window):
+        if match.group().lower() in _PHRASE_WORDS and previous_word.lower() not in _PHRASE_WORDS:
+            offer(start + match.start(), _PRIORITY_PHRASE)
+        previous_word = match.group()
+    for index, char in enumerate(window):
+        if char == " ":
+            offer(start + index + 1, _PRIORITY_SPACE)
+    for cut, priority in boundaries.cut_priority.items():
+        if first_word < cut <= limit_end:
+            priority_at[cut] = priority
+    if not priority_at:
+        return _hard_cut(text, first_word, limit_end)
+    ranked = [(priority, cut) for cut, priority in priority_at.items()]
+    clauses = [candidate for candidate in ranked if candidate[0] >= _PRIORITY_CONNECTIVE]
+    long_enough = [candidate for candidate in clauses if candidate[1] - start >= shortest]
+    return max(long_enough or clauses or ranked)[1]
+
+
+def _hard_cut(text: str, start: int, limit_end: int) -> int:
+    """Cut a piece with no space in it, never before a space or a combining mark when avoidable."""
+    cut = limit_end
+    while cut - 1 > start and _binds_to_previous(text[cut]):
+        cut -= 1
+    return cut
+
+
+def _binds_to_previous(char: str) -> bool:
+    """A space, combining mark, zero-width joiner or variation selector must not start a piece."""
+    return char == " " or bool(unicodedata.combining(char)) or char in "\u200d\ufe0f"
+
+
+def _merge_tiny_tail(chunks: list[str], first_max: int, max_len: int) -> list[str]:
+    """Fold a last chunk under TINY_TAIL characters into the one before, if that one stays within limits."""
+    if len(chunks) < 2 or len(chunks[-1].strip()) >= TINY_TAIL:
+        return chunks
+    limit = first_max if len(chunks) == 2 else max_len
+    if len(chunks[-2]) + len(chunks[-1]) > limit:
+        return chunks
+    return chunks[:-2] + [chunks[-2] + chunks[-1]]
