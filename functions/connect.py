@@ -12,7 +12,7 @@ from tts_stream import config, streams
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics(namespace="ConnectTtsStream")
+metrics = Metrics()  # namespace from POWERTOOLS_METRICS_NAMESPACE (template Globals)
 _clients = None
 
 

@@ -11,7 +11,7 @@ from tts_stream import config, pipeline
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics(namespace="ConnectTtsStream")
+metrics = Metrics()  # namespace from POWERTOOLS_METRICS_NAMESPACE (template Globals)
 _clients = {}
 
 
@@ -34,6 +34,22 @@ def plan(event, context):
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
     logger.info("stream planned", stream_id=result["stream_id"], total=result["total"],
                 to_synthesize=len(result["parts"]))
+    return result
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def ask(event, context):
+    started = time.perf_counter()
+    result = pipeline.ask_chatbot(_client("dynamodb"), config.load(), event, now_ms=_now_ms())
+    metrics.add_metric("ChatLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
+    if result["chat_error"]:
+        metrics.add_metric("ChatFailures", MetricUnit.Count, 1)
+        logger.warning("chatbot failed; the caller hears an apology", stream_id=result["stream_id"],
+                       error=result["chat_error"])
+    else:
+        logger.info("chatbot answered", stream_id=result["stream_id"], answer_chars=len(result["text"]))
     return result
 
 

@@ -41,6 +41,8 @@ class _FaultyEngine:
     def __init__(self, engine, faults: list[EngineFault], calls: EngineCalls):
         self.engine, self.faults, self.calls = engine, faults, calls
         self.name = engine.name
+        self.default_voice = engine.default_voice
+        self.identity = engine.identity
 
     def synthesize(self, text, voice):
         with self.calls.lock:
@@ -58,7 +60,7 @@ def engine_faults(*faults: EngineFault):
     """Within the block every engine the pipeline gets fails as the faults say; yields the calls it saw."""
     calls = EngineCalls()
     real_get_engine = engines.get_engine
-    engines.get_engine = lambda name: _FaultyEngine(real_get_engine(name), list(faults), calls)
+    engines.get_engine = lambda name, settings=None: _FaultyEngine(real_get_engine(name, settings), list(faults), calls)
     try:
         yield calls
     finally:

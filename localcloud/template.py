@@ -1,6 +1,6 @@
 """Read template.yaml the way CloudFormation would, for the parts localcloud runs.
 
-Only what the template uses is supported (Ref, GetAtt, Sub, If, Not, Equals, Join, Select); anything else
+Only what the template uses is supported (Ref, GetAtt, Sub, If, Not, And, Or, Equals, Join, Select); anything else
 raises, so a template change that localcloud cannot honour fails loudly instead of running something else.
 """
 
@@ -92,6 +92,10 @@ class Template:
                 return self.resolve(when_true if self.condition(name) else when_false)
             if key == "Fn::Not":
                 return not self.resolve(arg[0])
+            if key == "Fn::And":
+                return all(self.resolve(a) for a in arg)
+            if key == "Fn::Or":
+                return any(self.resolve(a) for a in arg)
             if key == "Fn::Equals":
                 left, right = (self.resolve(a) for a in arg)
                 return str(left) == str(right)

@@ -9,7 +9,14 @@ import re
 from dataclasses import dataclass
 
 from tts_stream.errors import InvalidInput
-from tts_stream.manifest import STATUS_COMPLETE, STATUS_FAILED, Manifest
+from tts_stream.manifest import (
+    STATUS_CANCELLED,
+    STATUS_COMPLETE,
+    STATUS_FAILED,
+    STATUS_STARTING,
+    STATUS_STREAMING,
+    Manifest,
+)
 
 # The reply carries Part0Url..Part{MAX_BATCH_SIZE-1}Url; Connect's reply limit (32 KB) fits far more, but a
 # flow never has this many Play blocks in a row.
@@ -54,6 +61,8 @@ def playable_end(manifest: Manifest) -> int | None:
 
 
 def next_batch(manifest: Manifest, next_index: int, batch_size: int, *, now_ms: int, timeout_ms: int) -> Batch:
+    if manifest.status == STATUS_CANCELLED:
+        return Batch(manifest.stream_id, STATUS_CANCELLED, (), next_index, True, "")
     end = playable_end(manifest)
     if end is not None and next_index > end:
         raise InvalidInput(f"NextIndex {next_index} is past the end of stream {manifest.stream_id} ({end} parts)")
@@ -62,7 +71,9 @@ def next_batch(manifest: Manifest, next_index: int, batch_size: int, *, now_ms: 
     while len(indexes) < batch_size and (end is None or index < end) and index in manifest.ready:
         indexes.append(index)
         index += 1
-    status, error = manifest.status, manifest.error
+    # Connect sees a stream that has not been planned yet as streaming: it only needs to keep asking.
+    status = STATUS_STREAMING if manifest.status == STATUS_STARTING else manifest.status
+    error = manifest.error
     final = status in (STATUS_COMPLETE, STATUS_FAILED) and end is not None and index >= end
     if not final and not indexes and now_ms - manifest.created_ms > timeout_ms:
         # The workflow died without recording an outcome (Express runs end at 5 minutes): end the call

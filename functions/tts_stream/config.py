@@ -38,6 +38,22 @@ class Settings:
     batch_wait_ms: int
     poll_interval_ms: int
     log_caller_text: bool
+    # Engine settings (issue 4). Defaults let code that builds Settings by hand leave them out.
+    polly_engine: str = "neural"
+    tts_url: str = ""
+    # A Secrets Manager secret (ARN or name) or "ssm:/parameter/name" holding the Authorization header value.
+    tts_auth_secret: str = ""
+    tts_connect_timeout_ms: int = 2000
+    tts_read_timeout_ms: int = 10000
+    # Chat settings (issue 5).
+    conversation_table: str = ""
+    chat_backend: str = "http"
+    chat_url: str = ""
+    chat_auth_secret: str = ""  # same forms as tts_auth_secret
+    chat_timeout_ms: int = 20000
+    bedrock_model_id: str = ""
+    history_turns: int = 6
+    history_chars: int = 4000
 
 
 def _int(env, name: str, default: int) -> int:
@@ -60,7 +76,7 @@ def load(env=None) -> Settings:
         tts_engine=env.get("TTS_ENGINE", "espeak"),
         voice_en=env.get("VOICE_EN", "en-us"),
         voice_ko=env.get("VOICE_KO", "ko"),
-        first_chunk_max_chars=_int(env, "FIRST_CHUNK_MAX_CHARS", 80),
+        first_chunk_max_chars=_int(env, "FIRST_CHUNK_MAX_CHARS", 40),
         chunk_target_chars=_int(env, "CHUNK_TARGET_CHARS", 200),
         chunk_max_chars=_int(env, "CHUNK_MAX_CHARS", 400),
         max_text_chars=_int(env, "MAX_TEXT_CHARS", 20000),
@@ -72,6 +88,19 @@ def load(env=None) -> Settings:
         batch_wait_ms=_int(env, "BATCH_WAIT_MS", 2500),
         poll_interval_ms=_int(env, "POLL_INTERVAL_MS", 50),
         log_caller_text=env.get("LOG_CALLER_TEXT", "false").lower() == "true",
+        polly_engine=env.get("POLLY_ENGINE") or "neural",
+        tts_url=env.get("TTS_URL", ""),
+        tts_auth_secret=env.get("TTS_AUTH_SECRET", ""),
+        tts_connect_timeout_ms=_int(env, "TTS_CONNECT_TIMEOUT_MS", 2000),
+        tts_read_timeout_ms=_int(env, "TTS_READ_TIMEOUT_MS", 10000),
+        conversation_table=env.get("CONVERSATION_TABLE", ""),
+        chat_backend=env.get("CHAT_BACKEND") or "http",
+        chat_url=env.get("CHAT_URL", ""),
+        chat_auth_secret=env.get("CHAT_AUTH_SECRET", ""),
+        chat_timeout_ms=_int(env, "CHAT_TIMEOUT_MS", 20000),
+        bedrock_model_id=env.get("BEDROCK_MODEL_ID", ""),
+        history_turns=_int(env, "HISTORY_TURNS", 6),
+        history_chars=_int(env, "HISTORY_CHARS", 4000),
     )
 
 

@@ -19,3 +19,7 @@ class RetryableError(RuntimeError):
 
 class PermanentSynthesisError(RuntimeError):
     """The engine cannot speak this part (bad text, unknown voice): recorded as the part's failure."""
+
+
+class StreamCancelled(RuntimeError):
+    """The caller moved on (barge-in or a newer turn): the workflow stops synthesizing this stream."""

@@ -23,6 +23,10 @@ STATUS_STARTING = "starting"
 STATUS_STREAMING = "streaming"
 STATUS_COMPLETE = "complete"
 STATUS_FAILED = "failed"
+STATUS_CANCELLED = "cancelled"  # the caller moved on (barge-in or a newer turn): nothing more plays
+# A retried start may start the workflow again only if the last attempt is older than this: concurrent
+# retries then start one workflow, not several.
+RESTART_AFTER_MS = 2000
 
 # Attributes a batch needs: everything but the texts, which can be tens of kilobytes.
 # DynamoDB reserves many plain words (status, total, language...): every expression names attributes by alias.
@@ -35,6 +39,7 @@ class Manifest:
     stream_id: str
     status: str
     input_hash: str = ""
+    start_attempt_ms: int = 0
     total: int | None = None
     engine: str = ""
     voice: str = ""
@@ -65,6 +70,7 @@ def _from_item(item) -> Manifest:
         failed_index=_number(item, "failed_index"),
         error=item.get("error", {}).get("S", ""),
         created_ms=_number(item, "created_ms") or 0,
+        start_attempt_ms=_number(item, "start_attempt_ms") or 0,
         texts=texts,
     )
 
@@ -73,7 +79,7 @@ def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manife
     """One strongly consistent GetItem: a part marked ready is seen by the very next read."""
     request = {"TableName": table, "Key": {"stream_id": {"S": stream_id}}, "ConsistentRead": True}
     if not with_texts:
-        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash"
+        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms"
         request["ExpressionAttributeNames"] = {k: v for k, v in _NAMES.items() if k != "#texts"}
     item = ddb.get_item(**request).get("Item")
     return _from_item(item) if item else None
@@ -87,16 +93,21 @@ def _conditional(ddb, request) -> bool:
         return False
 
 
-def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_hours: int) -> bool:
-    """Create the stream in `starting` state. False when it already exists with the same input (a retry).
+def _conflict(stream_id: str) -> StreamConflict:
+    return StreamConflict(f"stream {stream_id} already exists with a different text; start it with a new StreamId")
+
+
+def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_hours: int) -> tuple[bool, Manifest]:
+    """Create the stream in `starting` state; (True, manifest) if this call created it, (False, manifest) if it
+    exists with the same input (a retry).
 
     Raises StreamConflict when the id is taken by a different input: reusing it would mix two answers.
     """
     created = _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, expires_at = :exp, "
-                            "#ready = :empty",
+        "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
+                            "expires_at = :exp, #ready = :empty",
         "ConditionExpression": "attribute_not_exists(stream_id)",
         "ExpressionAttributeNames": {"#status": "status", "#ready": "ready"},
         "ExpressionAttributeValues": {
@@ -105,11 +116,25 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
         },
     })
     if created:
-        return True
+        return True, Manifest(stream_id, STATUS_STARTING, input_hash, created_ms=now_ms, start_attempt_ms=now_ms)
     existing = read(ddb, table, stream_id)
     if existing is None or existing.input_hash != input_hash:
-        raise StreamConflict(f"stream {stream_id} already exists with a different text; start it with a new StreamId")
-    return False
+        raise _conflict(stream_id)
+    return False, existing
+
+
+def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int) -> bool:
+    """True for exactly one caller when a stream is still `starting` and its last start attempt is old: the
+    first attempt may have died before its workflow ran, so one retry may start it again."""
+    return _conditional(ddb, {
+        "TableName": table,
+        "Key": {"stream_id": {"S": stream_id}},
+        "UpdateExpression": "SET start_attempt_ms = :now",
+        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":starting": {"S": STATUS_STARTING}, ":now": {"N": str(now_ms)},
+                                      ":cutoff": {"N": str(now_ms - RESTART_AFTER_MS)}},
+    })
 
 
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
@@ -138,20 +163,24 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
     })
     manifest = read(ddb, table, stream_id, with_texts=True)
     if not first_time and (manifest is None or manifest.input_hash != input_hash):
-        raise StreamConflict(f"stream {stream_id} already exists with a different text; start it with a new StreamId")
+        raise _conflict(stream_id)
     return manifest
 
 
-def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int) -> None:
-    """One ready mark per part: a repeated delivery keeps the first mark and its time."""
-    ddb.update_item(
-        TableName=table,
-        Key={"stream_id": {"S": stream_id}},
-        UpdateExpression="SET #ready.#i = if_not_exists(#ready.#i, :now)",
-        ConditionExpression="attribute_exists(stream_id)",
-        ExpressionAttributeNames={"#ready": "ready", "#i": str(index)},
-        ExpressionAttributeValues={":now": {"N": str(now_ms)}},
-    )
+def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int) -> bool:
+    """One ready mark per part: a repeated delivery keeps the first mark and its time.
+
+    False when the stream was cancelled (or no longer exists): the part must not play, and the workflow
+    should stop synthesizing the rest.
+    """
+    return _conditional(ddb, {
+        "TableName": table,
+        "Key": {"stream_id": {"S": stream_id}},
+        "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now)",
+        "ConditionExpression": "attribute_exists(stream_id) AND #status <> :cancelled",
+        "ExpressionAttributeNames": {"#ready": "ready", "#i": str(index), "#status": "status"},
+        "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":cancelled": {"S": STATUS_CANCELLED}},
+    })
 
 
 def mark_part_failed(ddb, table: str, stream_id: str, index: int, message: str) -> bool:
@@ -166,48 +195,62 @@ def mark_part_failed(ddb, table: str, stream_id: str, index: int, message: str) 
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :failed, failed_index = :i, #error = :m",
         "ConditionExpression": "attribute_exists(stream_id) AND attribute_not_exists(#ready.#k) "
-                               "AND (attribute_not_exists(failed_index) OR failed_index > :i)",
+                               "AND #status <> :cancelled AND (attribute_not_exists(failed_index) OR failed_index > :i)",
         "ExpressionAttributeNames": {"#status": "status", "#error": "error", "#ready": "ready", "#k": str(index)},
-        "ExpressionAttributeValues": {":failed": {"S": STATUS_FAILED}, ":i": {"N": str(index)}, ":m": {"S": message}},
+        "ExpressionAttributeValues": {":failed": {"S": STATUS_FAILED}, ":i": {"N": str(index)}, ":m": {"S": message},
+                                      ":cancelled": {"S": STATUS_CANCELLED}},
     })
 
 
 def fail_stream(ddb, table: str, stream_id: str, message: str) -> bool:
-    """The stream cannot be planned at all (bad input): failed before its first part. False if it does not exist."""
+    """The workflow failed outside any one part (bad input, a step that kept failing): the stream fails at its
+    first part that is not ready, so everything before it still plays. False if there is nothing to fail."""
+    found = read(ddb, table, stream_id)
+    if found is None or found.status in (STATUS_COMPLETE, STATUS_CANCELLED):
+        return False
+    missing = [i for i in range(found.total or 0) if i not in found.ready]
+    first = missing[0] if missing else (0 if found.total is None else None)
+    if first is None:
+        return False  # every part is ready: finish() records it complete
+    return mark_part_failed(ddb, table, stream_id, first, message)
+
+
+def cancel(ddb, table: str, stream_id: str) -> bool:
+    """The caller moved on: nothing more of this stream plays, and its remaining parts are not synthesized."""
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET #status = :failed, failed_index = :zero, #error = :m",
-        "ConditionExpression": "attribute_exists(stream_id) AND #status = :starting",
-        "ExpressionAttributeNames": {"#status": "status", "#error": "error"},
-        "ExpressionAttributeValues": {
-            ":failed": {"S": STATUS_FAILED}, ":starting": {"S": STATUS_STARTING}, ":zero": {"N": "0"},
-            ":m": {"S": message},
-        },
+        "UpdateExpression": "SET #status = :cancelled",
+        "ConditionExpression": "#status IN (:starting, :streaming)",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":cancelled": {"S": STATUS_CANCELLED}, ":starting": {"S": STATUS_STARTING},
+                                      ":streaming": {"S": STATUS_STREAMING}},
     })
 
 
-def finish(ddb, table: str, stream_id: str) -> Manifest:
+def finish(ddb, table: str, stream_id: str, *, reason: str = "") -> Manifest:
     """Record the outcome once every part has been tried: `complete`, or `failed` with the first failed index.
 
     The outcome is derived from the ready marks, not from what the workflow believes, so a part lost on the
-    way cannot leave the stream `complete` with a hole in it.
+    way cannot leave the stream `complete` with a hole in it. A cancelled stream stays cancelled.
     """
     manifest = read(ddb, table, stream_id)
     if manifest is None:
         raise StreamConflict(f"stream {stream_id} has no manifest to finish")
+    if manifest.status == STATUS_CANCELLED:
+        return manifest
     missing = [i for i in range(manifest.total or 0) if i not in manifest.ready]
-    if manifest.failed_index is not None or missing:
-        first_failed = min([*missing, *([manifest.failed_index] if manifest.failed_index is not None else [])])
-        error = manifest.error or f"part {first_failed} was never synthesized"
-        mark_part_failed(ddb, table, stream_id, first_failed, error)
+    if manifest.total is None or manifest.failed_index is not None or missing:
+        fail_stream(ddb, table, stream_id,
+                    manifest.error or reason or f"part {missing[0] if missing else 0} was never synthesized")
     else:
-        ddb.update_item(
-            TableName=table,
-            Key={"stream_id": {"S": stream_id}},
-            UpdateExpression="SET #status = :complete",
-            ConditionExpression="attribute_not_exists(failed_index)",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":complete": {"S": STATUS_COMPLETE}},
-        )
+        _conditional(ddb, {
+            "TableName": table,
+            "Key": {"stream_id": {"S": stream_id}},
+            "UpdateExpression": "SET #status = :complete",
+            "ConditionExpression": "attribute_exists(#total) AND attribute_not_exists(failed_index) "
+                                   "AND #status = :streaming",
+            "ExpressionAttributeNames": {"#status": "status", "#total": "total"},
+            "ExpressionAttributeValues": {":complete": {"S": STATUS_COMPLETE}, ":streaming": {"S": STATUS_STREAMING}},
+        })
     return read(ddb, table, stream_id)

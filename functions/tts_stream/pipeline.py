@@ -9,13 +9,15 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tts_stream import audio, chunking, engines, manifest
+from tts_stream import audio, chat, chunking, conversation, engines, manifest, secrets
 from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
-from tts_stream.errors import InvalidInput, RetryableError
+from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled
 
 LANGUAGES = ("auto", "en", "ko")
 _VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
 # Tab, newline and carriage return are whitespace to a reader; other control characters are not text at all.
+_HASH = re.compile(r"[0-9a-f]{64}")
+MAX_QUESTION_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _RETRYABLE_CODES = {
     "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "SlowDown",
@@ -46,6 +48,10 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
         raise InvalidInput(f"text has {len(text)} characters; the most a stream takes is {settings.max_text_chars}")
     if _CONTROL.search(text):
         raise InvalidInput("text contains control characters; send plain text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("text is not valid Unicode (it holds a lone surrogate); send UTF-8 text") from None
     voice = voice or ""
     if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.match(voice)):
         raise InvalidInput(f"voice {voice!r} is not a voice name (letters, digits, '-', '_', '+', '.')")
@@ -77,7 +83,10 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         raise InvalidInput("text has nothing to speak once markup and whitespace are removed")
     if len(texts) > MAX_PARTS:
         raise InvalidInput(f"text makes {len(texts)} parts; the most a stream holds is {MAX_PARTS}")
-    content_hash = input_hash(text, voice, language)
+    # A chat turn is identified by its question (the stream began before the answer existed).
+    content_hash = event.get("input_hash") or input_hash(text, voice, language)
+    if not _HASH.fullmatch(content_hash):
+        raise InvalidInput("input_hash must be 64 hex characters")
     language, voice = choose_voice(text, voice, language, settings)
     engines.get_engine(settings.tts_engine)  # an unknown engine fails the plan, not every part
     planned = manifest.plan(
@@ -85,10 +94,12 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         texts=texts, engine=settings.tts_engine, voice=voice, language=language,
         now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
     )
+    # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
+    todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
     parts = [
         {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
          "language": planned.language}
-        for i, t in enumerate(planned.texts)
+        for i, t in enumerate(todo)
         if i not in planned.ready
     ]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts,
@@ -129,7 +140,9 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
     key = part_key(stream_id, index)
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
-        manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
+        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
+    if not marked:
+        raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
     return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav)}
 
 
@@ -164,7 +177,65 @@ def record_failure(ddb, settings: Settings, event) -> dict:
 
 def finish_stream(ddb, settings: Settings, event) -> dict:
     stream_id = check_stream_id(event.get("stream_id") if isinstance(event, dict) else None)
+    # Set when the Map itself failed (not one part): its reason is what the stream failed of.
+    reason = failure_message(event["map_failure"]) if event.get("map_failure") else ""
     with aws_errors_as_retryable():
-        finished = manifest.finish(ddb, settings.table_name, stream_id)
+        finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason)
     return {"stream_id": stream_id, "status": finished.status, "total": finished.total,
             "failed_index": finished.failed_index, "error": finished.error}
+
+
+def check_question(question, settings: Settings) -> str:
+    """What the caller asked, as transcribed: plain text of a sensible length."""
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidInput("Question is missing or empty: pass the caller's words (e.g. the Lex transcript)")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidInput(f"Question has {len(question)} characters; the most accepted is {MAX_QUESTION_CHARS}")
+    return check_content(question, "", "auto", settings)[0].strip()
+
+
+def chat_backend(settings: Settings):
+    if settings.chat_backend == "bedrock":
+        return chat.BedrockChat(settings.bedrock_model_id)
+    if settings.chat_backend == "http":
+        header = secrets.read_secret(settings.chat_auth_secret) if settings.chat_auth_secret else None
+        return chat.HttpChat(settings.chat_url, timeout_s=settings.chat_timeout_ms / 1000, auth_header=header)
+    raise InvalidInput(f"chat backend {settings.chat_backend!r} is not known; use http or bedrock")
+
+
+def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) -> dict:
+    """First step of a chat turn: ask the bot with the conversation so far, and hand its answer to Plan.
+
+    Any chatbot failure becomes an apology in the caller's language, spoken by the same engine and voice, so
+    the caller never hears silence; the failure is returned (and logged) for the operators.
+    """
+    if not isinstance(event, dict):
+        raise InvalidInput("the chat request must be a JSON object")
+    stream_id = check_stream_id(event.get("stream_id"))
+    contact_id = check_stream_id(event.get("contact_id"))
+    turn = event.get("turn")
+    if not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
+        raise InvalidInput(f"turn must be a whole number from 1, got {turn!r}")
+    question = check_question(event.get("question"), settings)
+    _, voice, language = check_content("x", event.get("voice"), event.get("language"), settings)
+    spoken_language = language if language != "auto" else ("en" if chunking.detect_language(question) == "en" else "ko")
+    failure = ""
+    try:
+        bot = backend or chat_backend(settings)
+        past = chat.bounded_history(conversation.history(ddb, settings.conversation_table, contact_id),
+                                    max_turns=settings.history_turns, max_chars=settings.history_chars)
+        answer = bot.ask(question, past, contact_id=contact_id, language=spoken_language)
+    except (chat.ChatError, ValueError) as error:
+        answer, failure = chat.APOLOGY[spoken_language], str(error)
+    else:
+        with aws_errors_as_retryable():
+            conversation.record_exchange(ddb, settings.conversation_table, contact_id, turn, question, answer,
+                                         keep_turns=settings.history_turns, now_ms=now_ms,
+                                         ttl_hours=settings.manifest_ttl_hours)
+    result = {"stream_id": stream_id, "text": answer[:settings.max_text_chars], "input_hash": event.get("input_hash"),
+              "chat_error": failure}
+    if voice:
+        result["voice"] = voice
+    if language != "auto":
+        result["language"] = language
+    return result

@@ -1,8 +1,10 @@
-"""The Connect-facing actions: start_stream and get_next_batch, as plain functions over injected clients.
+"""The Connect-facing actions as plain functions over injected clients: start_stream, chat_and_stream,
+get_next_batch and stop.
 
 Every reply is a flat map of strings (valid under Connect's STRING_MAP and JSON response validation):
-StreamId, Status, Count, Part0Url..Part{B-1}Url, NextIndex, Final, Error. Waiting happens here, inside a
-budget well under Connect's 8-second limit, so the flow never has to wait on its own.
+StreamId, Status, Count, Part0Url..Part{B-1}Url, NextIndex, Final, Error (and Turn for chat_and_stream).
+Waiting happens here, against one deadline fixed when the invocation starts, so the whole invocation stays
+inside Connect's 8-second limit and the flow never has to wait on its own.
 """
 
 import json
@@ -11,12 +13,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
-from tts_stream import batches, manifest, pipeline
+from botocore.exceptions import BotoCoreError, ClientError
+
+from tts_stream import batches, conversation, manifest, pipeline
 from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id, part_key
 from tts_stream.errors import InvalidInput, StreamConflict
 
-ACTIONS = ("start_stream", "get_next_batch")
-# Leave this much of the Lambda's remaining time unused: the reply must reach Connect before its timeout.
+ACTIONS = ("start_stream", "chat_and_stream", "get_next_batch", "stop")
+# Stop waiting this long before the Lambda's own deadline: the reply must still reach Connect.
 _REPLY_MARGIN_MS = 500
 
 
@@ -33,19 +37,27 @@ class Clock:
     sleep: Callable[[float], None] = time.sleep
 
 
-def reply(batch: batches.Batch, urls: list[str], batch_size: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class Request:
+    """One invocation: what Connect asked, for which contact, and by when the reply must be sent."""
+    params: dict
+    contact_id: str
+    deadline_ms: int
+
+
+def reply(batch: batches.Batch, urls: list[str], batch_size: int, **extra: str) -> dict[str, str]:
     out = {"StreamId": batch.stream_id, "Status": batch.status, "Count": str(len(urls)),
            "NextIndex": str(batch.next_index), "Final": "true" if batch.final else "false", "Error": batch.error}
     for i in range(batch_size):
         out[f"Part{i}Url"] = urls[i] if i < len(urls) else ""
+    out.update(extra)
     return out
 
 
 def error_reply(status: str, message: str, *, stream_id: str = "", next_index: int = 0,
                 batch_size: int = batches.MAX_BATCH_SIZE) -> dict[str, str]:
     """A reply the flow can branch on: Final is true so no loop can spin on a request that cannot succeed."""
-    batch = batches.Batch(stream_id, status, (), next_index, True, message)
-    return reply(batch, [], batch_size)
+    return reply(batches.Batch(stream_id, status, (), next_index, True, message), [], batch_size)
 
 
 def part_url(clients: Clients, settings: Settings, stream_id: str, index: int) -> str:
@@ -70,9 +82,13 @@ def parameters(event) -> tuple[dict, str]:
     return params, contact_id if isinstance(contact_id, str) else ""
 
 
-def _wait_for_batch(clients, settings, stream_id, next_index, batch_size, *, budget_ms, clock) -> batches.Batch:
-    """Read the manifest once; if nothing is playable yet, poll until a part is or the budget is spent."""
-    deadline = clock.now_ms() + budget_ms
+def _batch_size(params) -> int:
+    return batches.clamp_batch_size(params.get("BatchSize", str(batches.MAX_BATCH_SIZE)))
+
+
+def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size, *, wait_ms, clock) -> batches.Batch:
+    """Read the manifest once; if nothing is playable yet, poll until a part is or the wait is over."""
+    deadline = min(clock.now_ms() + wait_ms, request.deadline_ms)
     while True:
         found = manifest.read(clients.ddb, settings.table_name, stream_id)
         if found is None:
@@ -85,76 +101,130 @@ def _wait_for_batch(clients, settings, stream_id, next_index, batch_size, *, bud
         clock.sleep(min(settings.poll_interval_ms, max(0, deadline - clock.now_ms())) / 1000)
 
 
-def _batch_reply(clients, settings, batch, batch_size):
+def _batch_reply(clients, settings, batch, batch_size, **extra):
     urls = [part_url(clients, settings, batch.stream_id, i) for i in batch.indexes]
-    return reply(batch, urls, batch_size)
+    return reply(batch, urls, batch_size, **extra)
 
 
-def start_stream(clients: Clients, settings: Settings, params: dict, contact_id: str, *,
-                 remaining_ms: int, clock: Clock = Clock()) -> dict[str, str]:
-    batch_size = batches.clamp_batch_size(params.get("BatchSize", str(batches.MAX_BATCH_SIZE)))
+def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock):
+    """Create the stream and start its workflow once, however often Connect retries the request."""
+    created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
+                                    now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+    # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
+    # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
+    if created or (found.status == manifest.STATUS_STARTING
+                   and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms())):
+        clients.sfn.start_execution(
+            stateMachineArn=settings.state_machine_arn,
+            name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
+            input=json.dumps({**workflow_input, "input_hash": content_hash}, ensure_ascii=False),
+        )
+
+
+def start_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
+    params = request.params
+    batch_size = _batch_size(params)
     text, voice, language = pipeline.check_content(params.get("Text"), params.get("Voice"), params.get("Language"),
                                                    settings)
     content_hash = pipeline.input_hash(text, voice, language)
     stream_id = params.get("StreamId") or ""
     if not stream_id:
-        if not contact_id:
+        if not request.contact_id:
             raise InvalidInput("StreamId is missing and the event has no ContactId to derive one from")
         # A retried start (same contact, same answer) maps to the same stream; a new answer to a new one.
-        stream_id = f"{contact_id}-{content_hash[:12]}"
+        stream_id = f"{request.contact_id}-{content_hash[:12]}"
     check_stream_id(stream_id)
-    created = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
-                             now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
-    existing = None if created else manifest.read(clients.ddb, settings.table_name, stream_id)
-    if created or existing.status == manifest.STATUS_STARTING:
-        # Starting again while still `starting` covers a start whose first attempt died before the
-        # workflow did; the workflow's plan step makes a second run harmless.
-        workflow_input = {"stream_id": stream_id, "text": text}
-        if voice:
-            workflow_input["voice"] = voice
-        if language != "auto":
-            workflow_input["language"] = language
-        clients.sfn.start_execution(
-            stateMachineArn=settings.state_machine_arn,
-            name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
-            input=json.dumps(workflow_input, ensure_ascii=False),
-        )
-    budget = min(settings.start_wait_ms, remaining_ms - _REPLY_MARGIN_MS)
-    batch = _wait_for_batch(clients, settings, stream_id, 0, batch_size, budget_ms=budget, clock=clock)
+    workflow_input = {"stream_id": stream_id, "text": text}
+    if voice:
+        workflow_input["voice"] = voice
+    if language != "auto":
+        workflow_input["language"] = language
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
+    batch = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
+                            clock=clock)
     return _batch_reply(clients, settings, batch, batch_size)
 
 
-def get_next_batch(clients: Clients, settings: Settings, params: dict, *, remaining_ms: int,
-                   clock: Clock = Clock()) -> dict[str, str]:
-    batch_size = batches.clamp_batch_size(params.get("BatchSize", str(batches.MAX_BATCH_SIZE)))
+def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
+    """Start the next turn of the conversation: the chatbot is asked inside the workflow, never on Connect's
+    8-second path, so this returns within its budget however slow the bot is; the flow then loops
+    get_next_batch. Starting a turn cancels the one before it."""
+    params = request.params
+    batch_size = _batch_size(params)
+    check_stream_id(request.contact_id or None)
+    question = pipeline.check_question(params.get("Question"), settings)
+    _, voice, language = pipeline.check_content("x", params.get("Voice"), params.get("Language"), settings)
+    previous = params.get("PreviousTurn") or "0"
+    turn = batches.parse_index(previous, "PreviousTurn") + 1
+    stream_id = f"{request.contact_id}-t{turn}"
+    try:
+        replaced = conversation.start_turn(clients.ddb, settings.conversation_table, request.contact_id, turn,
+                                           stream_id, now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+    except conversation.StaleTurn as error:
+        return error_reply(manifest.STATUS_CANCELLED, str(error), stream_id=stream_id, batch_size=batch_size)
+    if replaced:
+        manifest.cancel(clients.ddb, settings.table_name, replaced)
+    workflow_input = {"stream_id": stream_id, "question": question, "contact_id": request.contact_id, "turn": turn}
+    if voice:
+        workflow_input["voice"] = voice
+    if language != "auto":
+        workflow_input["language"] = language
+    content_hash = pipeline.input_hash(f"chat:{turn}:{question}", voice, language)
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
+    batch = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
+                            clock=clock)
+    return _batch_reply(clients, settings, batch, batch_size, Turn=str(turn))
+
+
+def get_next_batch(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
+    params = request.params
+    batch_size = _batch_size(params)
     stream_id = check_stream_id(params.get("StreamId"))
     next_index = batches.parse_index(params.get("NextIndex", "0"), "NextIndex")
-    budget = min(settings.batch_wait_ms, remaining_ms - _REPLY_MARGIN_MS)
-    batch = _wait_for_batch(clients, settings, stream_id, next_index, batch_size, budget_ms=budget, clock=clock)
+    batch = _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size,
+                            wait_ms=settings.batch_wait_ms, clock=clock)
     return _batch_reply(clients, settings, batch, batch_size)
+
+
+def stop(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
+    """Barge-in: the caller interrupted. Nothing more of this stream plays and its synthesis stops."""
+    stream_id = check_stream_id(request.params.get("StreamId"))
+    manifest.cancel(clients.ddb, settings.table_name, stream_id)
+    found = manifest.read(clients.ddb, settings.table_name, stream_id)
+    if found is None:
+        return error_reply("not_found", f"stream {stream_id} does not exist (or has expired)", stream_id=stream_id,
+                           batch_size=_batch_size(request.params))
+    batch = batches.Batch(stream_id, found.status, (), 0, True, "")
+    return reply(batch, [], _batch_size(request.params))
+
+
+_HANDLERS = {"start_stream": start_stream, "chat_and_stream": chat_and_stream, "get_next_batch": get_next_batch,
+             "stop": stop}
 
 
 def handle(clients: Clients, settings: Settings, event, *, remaining_ms: int, clock: Clock = Clock()) -> dict:
-    """Dispatch one Connect invocation. Bad input and unknown streams become replies, never exceptions."""
+    """Dispatch one Connect invocation. Bad input, unknown streams and AWS failures become replies that say
+    what went wrong, never exceptions that send the caller down the flow's error branch unexplained."""
+    deadline_ms = clock.now_ms() + remaining_ms - _REPLY_MARGIN_MS
     params, stream_id = {}, ""
     try:
         params, contact_id = parameters(event)
         given = params.get("StreamId", "")
         stream_id = given if isinstance(given, str) and STREAM_ID_PATTERN.match(given) else ""
         action = params.get("Action")
-        if action == "start_stream":
-            return start_stream(clients, settings, params, contact_id, remaining_ms=remaining_ms, clock=clock)
-        if action == "get_next_batch":
-            return get_next_batch(clients, settings, params, remaining_ms=remaining_ms, clock=clock)
-        raise InvalidInput(f"Action {action!r} is not known; use one of {', '.join(ACTIONS)}")
+        handler = _HANDLERS.get(action) if isinstance(action, str) else None
+        if handler is None:
+            raise InvalidInput(f"Action {action!r} is not known; use one of {', '.join(ACTIONS)}")
+        return handler(clients, settings, Request(params, contact_id, deadline_ms), clock=clock)
     except (InvalidInput, StreamConflict) as error:
-        size = _batch_size_or_max(params)
-        return error_reply("error", str(error), stream_id=stream_id, batch_size=size)
+        return error_reply("error", str(error), stream_id=stream_id, batch_size=_batch_size_or_max(params))
+    except (ClientError, BotoCoreError) as error:
+        message = f"AWS request failed ({error.__class__.__name__}); the stream cannot be served right now"
+        return error_reply("error", message, stream_id=stream_id, batch_size=_batch_size_or_max(params))
 
 
 def _batch_size_or_max(params) -> int:
     try:
-        return batches.clamp_batch_size(params.get("BatchSize", str(batches.MAX_BATCH_SIZE)))
+        return _batch_size(params)
     except InvalidInput:
         return batches.MAX_BATCH_SIZE
-

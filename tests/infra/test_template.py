@@ -103,13 +103,27 @@ def test_the_manifest_table_is_on_demand_with_ttl(template):
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
 
 
-def test_function_policies_name_actions_and_resources_without_wildcards(template):
-    for logical_id, resource in template.resources("AWS::Serverless::Function").items():
-        for policy in resource["Properties"]["Policies"]:
+EVERY_OPTION = {
+    "ConnectInstanceArn": "arn:aws:connect:us-east-1:123456789012:instance/11111111-2222-3333-4444-555555555555",
+    "PromptUrlMode": "presigned",
+    "ChatAuthSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:chat-token-AbCdEf",
+    "ChatBackend": "bedrock",
+    "BedrockModelId": "anthropic.claude-3-haiku-20240307-v1:0",
+}
+
+
+@pytest.mark.parametrize("overrides", [{}, EVERY_OPTION], ids=["defaults", "every-option"])
+def test_function_policies_name_actions_and_resources_without_wildcards(overrides):
+    loaded = cfn.load(ROOT / "template.yaml", overrides)
+    for logical_id in loaded.body["Resources"]:
+        loaded.physical[logical_id] = {"Ref": logical_id, "Arn": f"arn:aws:x:us-east-1:123456789012:{logical_id}"}
+    for logical_id, resource in loaded.resources("AWS::Serverless::Function").items():
+        for policy in loaded.resolve(resource["Properties"]["Policies"]):
             for statement in policy["Statement"]:
-                assert all("*" not in action for action in statement["Action"]), logical_id
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert all("*" not in action for action in actions), logical_id
                 resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-                assert all(r != "*" for r in resources), logical_id
+                assert all(r != "*" and not r.endswith(":*") for r in resources), logical_id
 
 
 def test_the_workflow_does_not_log_the_callers_words_by_default(template):

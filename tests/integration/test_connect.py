@@ -2,17 +2,22 @@
 retries, budgets and bad requests. Streams are set up in the real manifest table, parts made ready in the
 order a test needs."""
 
+import fnmatch
 import json
+import threading
 import time
 import uuid
+from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
 
+from localcloud import runs
 from tts_stream import audio, manifest, streams
 from tts_stream.batches import MAX_BATCH_SIZE
 from tts_stream.config import load as load_settings
 
+ROOT = Path(__file__).resolve().parents[2]
 CONTACT = "4a573372-1f28-4e26-b97b-7c2b0a8cd5e1"
 
 
@@ -272,3 +277,60 @@ def test_a_stream_id_reused_for_another_text_is_refused(cloud):
     reply = cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, BatchSize=5,
                                                   Text="Something else."))
     assert reply["Status"] == "error" and "different text" in reply["Error"]
+
+
+def test_concurrent_retries_of_one_start_start_one_workflow(cloud):
+    contact = str(uuid.uuid4())
+    start = event(contact, Action="start_stream", BatchSize=5, Text="Three retries arrive at once. Only one counts.")
+    before = cloud.aws_calls.snapshot()
+    replies, gate = [], threading.Barrier(3)
+
+    def invoke():
+        gate.wait()
+        replies.append(cloud.invoke("ConnectFunction", start))
+
+    threads = [threading.Thread(target=invoke) for _ in range(3)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    runs.wait_for_executions(cloud)
+    assert len({r["StreamId"] for r in replies}) == 1
+    assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
+
+
+class SlowStart:
+    """Step Functions answering StartExecution slowly (as under load): the virtual clock moves on meanwhile."""
+
+    def __init__(self, sfn, clock, ms):
+        self.sfn, self.clock, self.ms = sfn, clock, ms
+
+    def start_execution(self, **kwargs):
+        self.clock.now += self.ms
+        return self.sfn.start_execution(**kwargs)
+
+
+def test_a_slow_start_still_replies_before_connects_deadline(cloud, setting):
+    setting("START_WAIT_MS", 5000)
+    clock = VirtualClock()
+    clients = streams.Clients(ddb=cloud.client("dynamodb"), s3=cloud.client("s3"),
+                              sfn=SlowStart(cloud.client("stepfunctions"), clock, 4000))
+    # Given 8 s of Lambda time, a StartExecution taking 4 s and a start wait of 5 s
+    reply = streams.handle(clients, load_settings(), event(str(uuid.uuid4()), Action="start_stream", BatchSize=5,
+                                                           Text="Slow to start."), remaining_ms=8000, clock=clock)
+    # Then the reply leaves before the deadline, with the margin kept
+    assert clock.elapsed_ms <= 8000 - 500
+    assert reply["Status"] in ("streaming", "complete")
+    runs.wait_for_executions(cloud)
+
+
+def test_object_urls_are_inside_what_the_bucket_policy_lets_connect_read(cloud, make_stream, stream_id):
+    from localcloud import template as cfn
+
+    make_stream(stream_id, 1).ready(0)
+    key = next_batch(cloud, stream_id, 0)["Part0Url"].split(".amazonaws.com/", 1)[1]
+    loaded = cfn.load(ROOT / "template.yaml", {"ConnectInstanceArn":
+                                               "arn:aws:connect:us-east-1:123456789012:instance/abc-123"})
+    loaded.physical["AudioBucket"] = {"Ref": "b", "Arn": "arn:aws:s3:::b"}
+    policy = loaded.resolve(loaded.body["Resources"]["AudioBucketPolicy"]["Properties"]["PolicyDocument"])
+    grant = next(s for s in policy["Statement"] if s["Sid"] == "ConnectPlaysParts")
+    assert grant["Action"] == "s3:GetObject"
+    assert fnmatch.fnmatch(f"arn:aws:s3:::b/{key}", grant["Resource"])

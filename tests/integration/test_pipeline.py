@@ -5,6 +5,7 @@ import json
 import subprocess
 
 import pytest
+from botocore.exceptions import ClientError
 
 from localcloud import faults, runs
 from tts_stream import audio, manifest
@@ -137,3 +138,43 @@ def test_bad_workflow_input_is_rejected_with_a_clear_error(cloud, payload, messa
     if isinstance(stream_id, str) and "/" not in stream_id:
         assert _manifest(cloud, stream_id) is None
         assert _keys(cloud, stream_id) == []
+
+
+def test_two_executions_of_one_stream_at_once_leave_one_object_and_one_mark_per_part(cloud, stream_id):
+    # Given the same stream delivered twice at once (async Express executions are at-least-once)
+    payload = {"stream_id": stream_id, "text": TEXT}
+    first = cloud.start_execution("SynthesisStateMachine", payload)
+    second = cloud.start_execution("SynthesisStateMachine", payload)
+    outcomes = [cloud.wait_execution(first)["status"], cloud.wait_execution(second)["status"]]
+
+    # Then both end well and the stream is whole: one object and one ready mark per part
+    found = _manifest(cloud, stream_id)
+    assert outcomes == ["SUCCEEDED", "SUCCEEDED"]
+    assert found.status == "complete"
+    assert _keys(cloud, stream_id) == [part_key(stream_id, i) for i in range(found.total)]
+    assert sorted(found.ready) == list(range(found.total))
+
+
+def test_s3_throttling_on_a_part_is_retried_to_success(cloud, stream_id):
+    # Given S3 answering SlowDown to the first two PutObject calls of the synthesis function
+    import workflow
+
+    throttled = []
+
+    def slow_down(params, **kwargs):
+        if len(throttled) < 2:
+            throttled.append(params["Key"])
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+
+    events = workflow._client("s3").meta.events
+    events.register("before-parameter-build.s3.PutObject", slow_down, unique_id="test-slow-down")
+    try:
+        runs.run_stream(cloud, "Throttled at first. Then stored. All parts arrive.", stream_id=stream_id)
+    finally:
+        events.unregister("before-parameter-build.s3.PutObject", unique_id="test-slow-down")
+
+    # Then the workflow retried and every part is there
+    found = _manifest(cloud, stream_id)
+    assert len(throttled) == 2
+    assert found.status == "complete" and sorted(found.ready) == list(range(found.total))

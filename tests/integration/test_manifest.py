@@ -1,0 +1,123 @@
+"""The manifest's writes against DynamoDB (moto): each is one conditional update, so repeated, late and
+concurrent deliveries cannot corrupt a stream."""
+
+import threading
+import time
+
+import pytest
+from botocore.stub import Stubber
+
+from tts_stream import manifest, pipeline
+from tts_stream.config import load as load_settings
+from tts_stream.errors import RetryableError, StreamConflict
+
+
+def now_ms():
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def ddb(cloud):
+    return cloud.client("dynamodb")
+
+
+@pytest.fixture
+def table(cloud):
+    return cloud.physical("ManifestTable")
+
+
+def planned(ddb, table, stream_id, total=5, input_hash="a" * 64):
+    return manifest.plan(ddb, table, stream_id, input_hash, texts=[f"Part {i}. " for i in range(total)],
+                         engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)
+
+
+def test_the_lowest_failed_index_is_kept_whatever_order_failures_arrive_in(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    assert manifest.mark_part_failed(ddb, table, stream_id, 3, "third")
+    assert manifest.mark_part_failed(ddb, table, stream_id, 1, "first")
+    assert not manifest.mark_part_failed(ddb, table, stream_id, 2, "second")
+    found = manifest.read(ddb, table, stream_id)
+    assert found.failed_index == 1 and found.error == "first" and found.status == "failed"
+
+
+def test_a_part_already_ready_is_not_failed_by_a_late_duplicate(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    manifest.mark_ready(ddb, table, stream_id, 2, now_ms=now_ms())
+    assert not manifest.mark_part_failed(ddb, table, stream_id, 2, "a duplicate delivery failed")
+    assert manifest.read(ddb, table, stream_id).failed_index is None
+
+
+def test_a_second_plan_of_the_same_input_returns_what_is_still_missing(ddb, table, stream_id, cloud):
+    planned(ddb, table, stream_id, total=4)
+    manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    manifest.mark_ready(ddb, table, stream_id, 2, now_ms=now_ms())
+    again = planned(ddb, table, stream_id, total=4)
+    assert sorted(again.ready) == [0, 2] and again.total == 4
+    with pytest.raises(StreamConflict, match="different text"):
+        planned(ddb, table, stream_id, total=4, input_hash="b" * 64)
+
+
+def test_a_plan_repeated_after_the_stream_failed_before_planning_has_nothing_to_do(cloud, ddb, table, stream_id):
+    text = "Hello there."
+    content = pipeline.input_hash(text, "", "auto")
+    manifest.begin(ddb, table, stream_id, content, now_ms=now_ms(), ttl_hours=1)
+    assert manifest.fail_stream(ddb, table, stream_id, "rejected")
+    result = pipeline.plan_stream(ddb, load_settings(), {"stream_id": stream_id, "text": text}, now_ms=now_ms())
+    assert result["parts"] == []
+
+
+def test_a_cancelled_stream_takes_no_more_ready_marks(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    assert manifest.cancel(ddb, table, stream_id)
+    assert not manifest.mark_ready(ddb, table, stream_id, 1, now_ms=now_ms())
+    assert not manifest.mark_part_failed(ddb, table, stream_id, 1, "too late")
+    assert manifest.finish(ddb, table, stream_id).status == "cancelled"
+
+
+def test_a_workflow_failure_after_planning_fails_at_the_first_part_not_ready(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    for i in (0, 1, 3):
+        manifest.mark_ready(ddb, table, stream_id, i, now_ms=now_ms())
+    assert manifest.fail_stream(ddb, table, stream_id, "the Map failed")
+    found = manifest.read(ddb, table, stream_id)
+    assert found.status == "failed" and found.failed_index == 2
+
+
+def test_finishing_a_stream_that_was_never_planned_does_not_call_it_complete(ddb, table, stream_id):
+    manifest.begin(ddb, table, stream_id, "c" * 64, now_ms=now_ms(), ttl_hours=1)
+    finished = manifest.finish(ddb, table, stream_id)
+    assert finished.status == "failed" and finished.failed_index == 0
+
+
+def test_only_one_of_many_concurrent_retries_may_restart_a_starting_stream(ddb, table, stream_id):
+    manifest.begin(ddb, table, stream_id, "d" * 64, now_ms=now_ms() - 10_000, ttl_hours=1)
+    results, start = [], threading.Barrier(6)
+
+    def claim():
+        start.wait()
+        results.append(manifest.claim_restart(ddb, table, stream_id, now_ms=now_ms()))
+
+    threads = [threading.Thread(target=claim) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results) == [False] * 5 + [True]
+    # and a fresh attempt cannot be restarted at all
+    assert not manifest.claim_restart(ddb, table, stream_id, now_ms=now_ms())
+
+
+@pytest.mark.parametrize("code, retryable", [
+    ("ThrottlingException", True), ("ProvisionedThroughputExceededException", True),
+    ("InternalServerError", True), ("ValidationException", False), ("AccessDeniedException", False),
+])
+def test_aws_throttling_and_5xx_become_retryable_and_the_rest_do_not(cloud, code, retryable):
+    ddb = cloud.client("dynamodb")
+    status = 500 if code == "InternalServerError" else 400
+    with Stubber(ddb) as stub:
+        stub.add_client_error("update_item", service_error_code=code, http_status_code=status)
+        with pytest.raises(RetryableError if retryable else Exception) as raised:
+            with pipeline.aws_errors_as_retryable():
+                ddb.update_item(TableName="t", Key={"stream_id": {"S": "s"}}, UpdateExpression="SET a = :a",
+                                ExpressionAttributeValues={":a": {"S": "x"}})
+    assert isinstance(raised.value, RetryableError) == retryable
+

@@ -1,0 +1,442 @@
+"""The http engine against a real TTS server on 127.0.0.1 (localcloud.tts_server) speaking eSpeak NG audio.
+
+Faults are the server's: error statuses, delays, slow or malformed bodies, dropped connections.
+"""
+
+import io
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import time
+import uuid
+import wave
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from localcloud import tts_server
+from tts_stream import config, engines
+from tts_stream.audio import read_connect_wav, rms_dbfs, to_connect_wav, ulaw_to_pcm16
+from tts_stream.engines import EspeakEngine, HttpEngine, get_engine
+from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError
+from tts_stream.secrets import read_secret
+
+TEXT = "Your order shipped this morning."
+TOKEN = "Bearer t0ken-for-tests"
+
+
+@pytest.fixture(scope="module")
+def source_seconds() -> float:
+    speech = EspeakEngine().synthesize(TEXT, "en-us")
+    return len(speech.pcm16) / 2 / speech.sample_rate
+
+
+@pytest.fixture
+def serve():
+    """Start TTS servers for one test; every one is stopped afterwards."""
+    started = []
+
+    def start(**options):
+        server, url = tts_server.serve(**options)
+        started.append(server)
+        return server, url
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(serve):
+    return serve()
+
+
+def wav_bytes(pcm: bytes, rate: int = 22050, channels: int = 1, width: int = 2) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(pcm)
+    return out.getvalue()
+
+
+def riff(tag: int, bits: int, data: bytes, rate: int = 22050, data_size: int | None = None) -> bytes:
+    """A mono WAV with any format tag and bit depth, and optionally a data size that is not the real one."""
+    block = bits // 8
+    fmt = struct.pack("<HHIIHH", tag, 1, rate, rate * block, block, bits)
+    size = len(data) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def seconds_of(speech) -> float:
+    return len(speech.pcm16) / 2 / speech.sample_rate
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("response", tts_server.RESPONSES)
+@pytest.mark.parametrize("rate", [22050, 24000])
+def test_speech_from_the_server_becomes_a_connect_wav_as_long_as_the_source(serve, source_seconds, rate, response):
+    # Given a TTS server sending eSpeak audio at this rate in this form
+    server, url = serve(sample_rate=rate, response=response)
+
+    # When a part is synthesized through it
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+
+    # Then the engine read the server's rate, and the part encodes to an 8 kHz u-law WAV as long as the speech
+    assert speech.sample_rate == rate
+    assert seconds_of(speech) == pytest.approx(source_seconds, abs=0.1)
+    wav = read_connect_wav(to_connect_wav(speech.pcm16, speech.sample_rate))
+    assert (wav.format_tag, wav.sample_rate, wav.channels) == (7, 8000, 1)
+    assert wav.duration_ms / 1000 == pytest.approx(source_seconds, abs=0.1)
+    assert rms_dbfs(ulaw_to_pcm16(wav.ulaw)) > -35
+    # And the server was asked exactly for the text and voice, once
+    assert [request.json for request in server.requests] == [{"text": TEXT, "voice": "en"}]
+
+
+def test_korean_text_reaches_the_server_unchanged(server):
+    _, url = server
+    text = "주문하신 상품이 오늘 아침에 발송되었습니다."
+    speech = HttpEngine(url).synthesize(text, "ko")
+    assert seconds_of(speech) > 1.0
+    assert server[0].requests[0].json == {"text": text, "voice": "ko"}
+
+
+def test_the_server_delaying_past_the_read_timeout_is_retryable_and_quick(server):
+    # Given a server that takes three seconds to answer
+    tts, url = server
+    tts.inject(tts_server.delay(3.0))
+
+    # When the engine waits at most a quarter of a second
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="did not answer within 0.25 s"):
+        HttpEngine(url, read_timeout_s=0.25).synthesize(TEXT, "en")
+
+    # Then it gives up at its read timeout, not at the server's pace
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_read_timeout_bounds_the_whole_answer_not_each_wait(server):
+    # Given a server that sends its audio in three pieces 0.6 s apart: no single wait reaches 0.8 s
+    tts, url = server
+    tts.inject(tts_server.trickle(pieces=3, interval_s=0.6))
+
+    # When the engine allows 0.8 s for the answer
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="did not answer within 0.8 s"):
+        HttpEngine(url, read_timeout_s=0.8).synthesize(TEXT, "en")
+
+    # Then it gives up at 0.8 s, before the last piece would have arrived at 1.2 s
+    assert time.monotonic() - started < 1.1
+
+
+def test_audio_trickling_in_within_the_read_timeout_is_spoken(server, source_seconds):
+    tts, url = server
+    tts.inject(tts_server.trickle(pieces=4, interval_s=0.05))
+    speech = HttpEngine(url, read_timeout_s=2.0).synthesize(TEXT, "en")
+    assert seconds_of(speech) == pytest.approx(source_seconds, abs=0.1)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429, 408])
+def test_overload_and_server_errors_are_retryable_with_the_servers_message(server, status):
+    # Given the server answers with an error a later attempt may not get
+    tts, url = server
+    tts.inject(tts_server.status(status, "model is warming up"))
+
+    # When a part is synthesized
+    # Then the workflow will retry it; the message has the status and the server's words
+    with pytest.raises(RetryableError, match=f"answered {status} .*: model is warming up: try again"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422, 302])
+def test_other_refusals_are_permanent_with_the_servers_message(server, status):
+    tts, url = server
+    tts.inject(tts_server.status(status, "voice 'nobody' is not installed"))
+    message = f"refused the part with {status} .*voice 'nobody' is not installed"
+    with pytest.raises(PermanentSynthesisError, match=message):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_an_unknown_voice_is_refused_by_the_server_and_permanent(server):
+    # Given the reference server, which answers 400 for a voice eSpeak does not have
+    _, url = server
+
+    # When a part asks for such a voice
+    # Then it fails for good, carrying the server's explanation
+    with pytest.raises(PermanentSynthesisError, match="400 Bad Request.*unknown eSpeak NG voice 'xx-nowhere'"):
+        HttpEngine(url).synthesize(TEXT, "xx-nowhere")
+
+
+def test_the_servers_error_body_is_cut_to_200_characters_and_never_repeats_the_text(server):
+    tts, url = server
+    tts.inject(tts_server.status(400, f"cannot say {TEXT!r}; " + "x" * 1000))
+    with pytest.raises(PermanentSynthesisError) as failure:
+        HttpEngine(url).synthesize(TEXT, "en")
+    message = str(failure.value)
+    assert "order shipped" not in message
+    assert "<text>" in message
+    assert "x" * 150 in message and "x" * 200 not in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("empty", "the body is empty"),
+        ("not-wav", "not a WAV file"),
+        ("odd-bytes", "3 bytes is not a whole number of 16-bit mono samples"),
+        ("html", "content type 'text/html' is not audio"),
+        ("no-rate", "X-Sample-Rate header of application/octet-stream is missing"),
+        ("bad-rate", "sample rate 11025 Hz is not supported"),
+    ],
+)
+def test_a_malformed_answer_is_permanent_naming_the_problem(server, kind, problem):
+    # Given the server answers 200 with a body no one can play
+    tts, url = server
+    tts.inject(tts_server.malformed(kind))
+
+    # When a part is synthesized
+    # Then it fails for good, and the message says what was wrong with the answer
+    with pytest.raises(PermanentSynthesisError, match=f"sent unusable audio: .*{problem}"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (tts_server.body(wav_bytes(b"\x80" * 2000, width=1), "audio/wav"), "8-bit PCM: send 16-bit PCM"),
+        (tts_server.body(riff(3, 32, b"\x00" * 4000), "audio/x-wav"), "32-bit float audio: send 16-bit PCM"),
+        (tts_server.body(riff(7, 8, b"\xff" * 4000), "audio/wav"), "u-law audio"),
+        (tts_server.body(riff(1, 16, b"\x00" * 400, data_size=4000), "audio/wav"), "WAV is truncated"),
+        (tts_server.body(b"\x00" * 400, "audio/L16"), "rate parameter of audio/L16 is missing"),
+        (tts_server.body(b"\x00" * 400, "application/octet-stream", X_Sample_Rate="fast"), "'fast'"),
+        (tts_server.body(b"\x00" * 400), "no Content-Type"),
+    ],
+    ids=["8-bit-wav", "float-wav", "ulaw-wav", "truncated-wav", "l16-without-rate", "octet-bad-rate",
+         "no-content-type"],
+)
+def test_audio_in_a_form_we_do_not_take_is_permanent(server, answer, problem):
+    tts, url = server
+    tts.inject(answer)
+    with pytest.raises(PermanentSynthesisError, match=problem):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_stereo_wav_is_mixed_down_to_mono(server):
+    # Given a server answering with a stereo WAV at 16 kHz, one second long
+    tts, url = server
+    frame = struct.pack("<hh", 1000, 3000)
+    tts.inject(tts_server.body(wav_bytes(frame * 16000, rate=16000, channels=2), "audio/wav"))
+
+    # When a part is synthesized
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+
+    # Then it is one second of mono, each sample the mean of its two channels
+    assert (speech.sample_rate, len(speech.pcm16)) == (16000, 32000)
+    assert set(struct.iter_unpack("<h", speech.pcm16)) == {(2000,)}
+
+
+@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF])
+def test_a_wav_streamed_with_an_unknown_length_is_read_to_the_end(server, placeholder):
+    # Given a streaming writer's WAV: the data chunk's size is a placeholder, not the real length
+    tts, url = server
+    tts.inject(tts_server.body(riff(1, 16, b"\x01\x00" * 24000, rate=24000, data_size=placeholder), "audio/wave"))
+
+    # When it is synthesized, then all of it is used
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+    assert (speech.sample_rate, len(speech.pcm16)) == (24000, 48000)
+
+
+def test_audio_over_the_size_limit_is_permanent(server, monkeypatch):
+    # Given a limit far below one spoken sentence
+    tts, url = server
+    monkeypatch.setattr(engines, "HTTP_MAX_AUDIO_BYTES", 1000)
+
+    # When the server sends the sentence, then the part fails for good, naming the limit
+    with pytest.raises(PermanentSynthesisError, match="more than 1000 bytes of audio"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_a_dropped_connection_is_retryable(server):
+    tts, url = server
+    tts.inject(tts_server.drop())
+    with pytest.raises(RetryableError, match="RemoteDisconnected"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_no_server_listening_is_retryable_at_once():
+    # Given a port nothing listens on
+    url = f"http://127.0.0.1:{free_port()}/synthesize"
+
+    # When a part is synthesized
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="could not connect to TTS server .*Connection refused"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+    # Then the refusal is reported without waiting for a timeout
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, as (certificate file, key file)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_speaks_when_the_servers_certificate_is_trusted(serve, certificate, monkeypatch):
+    # Given a TTS server on https whose certificate the function trusts
+    _, url = serve(tls=certificate)
+    monkeypatch.setattr(engines, "_tls_context", lambda: ssl.create_default_context(cafile=certificate[0]))
+
+    # When a part is synthesized, then it arrives over TLS
+    assert url.startswith("https://")
+    assert seconds_of(HttpEngine(url).synthesize(TEXT, "en")) > 1.0
+
+
+def test_https_to_an_untrusted_certificate_is_permanent(serve, certificate):
+    # Given a TTS server on https with a self-signed certificate no system CA vouches for
+    _, url = serve(tls=certificate)
+
+    # When a part is synthesized, then it fails for good: retrying cannot make the certificate trusted
+    with pytest.raises(PermanentSynthesisError, match="has a certificate this function cannot trust"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_the_authorization_header_reaches_the_server_when_configured(serve):
+    # Given a server that requires a bearer token
+    tts, url = serve(auth=TOKEN)
+
+    # When the engine is given that header value
+    speech = HttpEngine(url, auth_header=TOKEN).synthesize(TEXT, "en")
+
+    # Then the server received it and spoke
+    assert speech.pcm16
+    assert tts.requests[0].headers["Authorization"] == TOKEN
+
+
+def test_no_authorization_header_is_sent_without_a_secret(server):
+    tts, url = server
+    HttpEngine(url).synthesize(TEXT, "en")
+    assert "Authorization" not in tts.requests[0].headers
+
+
+def test_a_wrong_token_is_permanent_and_the_token_is_not_in_the_message(serve):
+    _, url = serve(auth=TOKEN)
+    with pytest.raises(PermanentSynthesisError, match="401") as failure:
+        HttpEngine(url, auth_header="Bearer wrong-t0ken").synthesize(TEXT, "en")
+    assert "t0ken" not in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("Bearer abc\r\nX-Injected: 1", "characters an HTTP header cannot carry"),
+        ('{"Authorization": "Bearer abc"}', "holds JSON"),
+        ("  ", "is empty"),
+    ],
+    ids=["line-break", "json", "blank"],
+)
+def test_an_unusable_auth_value_is_permanent_sends_nothing_and_is_not_echoed(server, value, problem):
+    tts, url = server
+    with pytest.raises(PermanentSynthesisError, match=problem) as failure:
+        HttpEngine(url, auth_header=value).synthesize(TEXT, "en")
+    assert "abc" not in str(failure.value)
+    assert tts.request_count == 0
+
+
+def test_get_engine_sends_the_secrets_value_as_the_authorization_header(serve):
+    # Given the header value stored in Secrets Manager (read once here through a stubbed client, then cached)
+    name = f"tts/auth-{uuid.uuid4().hex[:8]}"
+    sm = boto3.client("secretsmanager", region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    with Stubber(sm) as stubber:
+        stubber.add_response("get_secret_value", {"Name": name, "SecretString": TOKEN}, {"SecretId": name})
+        read_secret(name, secretsmanager=sm)
+    tts, url = serve(auth=TOKEN)
+    settings = config.load({"TTS_ENGINE": "http", "TTS_URL": url, "TTS_AUTH_SECRET": name})
+
+    # When the configured engine speaks a part
+    get_engine("http", settings).synthesize(TEXT, "en")
+
+    # Then the server got the secret's value as the Authorization header
+    assert tts.requests[0].headers["Authorization"] == TOKEN
+
+
+def test_get_engine_applies_the_read_timeout_setting(server):
+    tts, url = server
+    tts.inject(tts_server.delay(3.0))
+    settings = config.load({"TTS_URL": url, "TTS_READ_TIMEOUT_MS": "300"})
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="did not answer within 0.3 s"):
+        get_engine("http", settings).synthesize(TEXT, "en")
+    assert time.monotonic() - started < 1.0
+
+
+def test_get_engine_without_a_url_is_invalid_input_naming_the_setting():
+    with pytest.raises(InvalidInput, match="set TTS_URL"):
+        get_engine("http", config.load({}))
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/tts", "example.com/tts", "http://", "http://host:99999/x"])
+def test_a_url_that_is_not_http_is_invalid_input(url):
+    with pytest.raises(InvalidInput, match="TTS server URL"):
+        HttpEngine(url)
+
+
+def test_the_engines_identity_is_its_url_and_default_voices_are_language_codes():
+    engine = HttpEngine("https://tts.example.com/v1/speak")
+    assert engine.identity() == {"url": "https://tts.example.com/v1/speak"}
+    assert (engine.default_voice("en"), engine.default_voice("ko")) == ("en", "ko")
+
+
+@pytest.mark.parametrize("text", ["", "  \n"])
+def test_empty_text_is_refused_without_a_request(server, text):
+    tts, url = server
+    with pytest.raises(PermanentSynthesisError, match="text is empty"):
+        HttpEngine(url).synthesize(text, "en")
+    assert tts.request_count == 0
+
+
+def test_unknown_engine_lists_every_known_engine():
+    with pytest.raises(InvalidInput, match="unknown engine 'nope': known engines are espeak, http, polly"):
+        get_engine("nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "voices", "identity_keys"),
+    [
+        ("espeak", ("en-us", "ko"), {"espeak_ng"}),
+        ("polly", ("Joanna", "Seoyeon"), {"engine_type", "sample_rate"}),
+        ("http", ("en", "ko"), {"url"}),
+    ],
+)
+def test_every_engine_names_its_default_voices_and_what_else_shapes_its_audio(name, voices, identity_keys):
+    # Given each engine built from the same settings
+    engine = get_engine(name, config.load({"TTS_URL": "http://127.0.0.1:9/synthesize"}))
+
+    # Then it has an English and a Korean voice, and an identity of non-empty strings for a cache key
+    assert (engine.default_voice("en"), engine.default_voice("ko")) == voices
+    identity = engine.identity()
+    assert set(identity) == identity_keys
+    assert all(isinstance(value, str) and value for value in identity.values())
+    with pytest.raises(InvalidInput, match=f"no default {name} voice for language 'ja'"):
+        engine.default_voice("ja")
