@@ -13,7 +13,7 @@ DEMO_TEXT ?= Thanks for calling Example Telecom. Your new phone shipped on Monda
 	If it does not arrive by then, call us again and we will send a replacement at no cost. \
 	감사합니다. 좋은 하루 보내세요.
 
-.PHONY: help setup tools demo test build clean
+.PHONY: help setup tools demo test lint build clean
 
 help:
 	@echo "make demo   set up, then run a stream of real speech and a simulated call through the local cloud"
@@ -56,8 +56,11 @@ demo: setup
 	@echo "== 2. A phone call through the template's contact flow, in real time"
 	$(PY) -m localcloud call --text "$(DEMO_TEXT)" --out out/demo/call.wav
 
-test: setup
+test: setup lint
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check functions localcloud tests tools
 
 build: $(SAM_VENV)/.installed
 	$(SAM_VENV)/bin/sam build

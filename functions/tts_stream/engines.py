@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from tts_stream import config, secrets
 from tts_stream.audio import SUPPORTED_SAMPLE_RATES
-from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError
+from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError, is_transient_aws_error
 
 LANGUAGES = ("en", "ko")
 
@@ -194,11 +194,6 @@ POLLY_PCM_SAMPLE_RATES = (8000, 16000)
 # Polly takes 6,000 characters per request but bills at most 3,000; the chunker keeps parts far shorter.
 POLLY_MAX_CHARS = 3000
 _POLLY_VOICE_ID = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,63}")
-_POLLY_RETRYABLE_CODES = {
-    "ThrottlingException", "Throttling", "TooManyRequestsException", "ServiceFailureException",
-    "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalServerError",
-    "RequestTimeout", "RequestTimeoutException",
-}
 # What each refusal means, for the person reading the part's failure. Polly's own messages are not repeated
 # verbatim: a validation message can quote the request, and the request holds the caller's words.
 _POLLY_PERMANENT_REASONS = {
@@ -288,7 +283,7 @@ class PollyEngine:
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in _POLLY_RETRYABLE_CODES or status >= 500:
+            if is_transient_aws_error(error):
                 raise RetryableError(f"Polly failed with {code or status} (voice {voice!r}): try again") from error
             reason = _POLLY_PERMANENT_REASONS.get(code, "Polly refused the request")
             reason = reason.format(voice=voice, engine=self.engine_type, rate=self.sample_rate)

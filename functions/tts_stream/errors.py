@@ -5,6 +5,22 @@ name these classes: keep the names stable.
 """
 
 
+# AWS error codes that mean "not now" rather than "never", across the services we call.
+TRANSIENT_AWS_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "RequestThrottled", "SlowDown", "ProvisionedThroughputExceededException", "ServiceFailureException",
+    "InternalError", "InternalFailure", "InternalServerError", "InternalServiceError", "ServiceUnavailable",
+    "ServiceUnavailableException", "RequestTimeout", "RequestTimeoutException",
+})
+
+
+def is_transient_aws_error(error) -> bool:
+    """Throttling or a server-side failure (5xx) in a botocore ClientError: worth another try."""
+    response = getattr(error, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    return code in TRANSIENT_AWS_CODES or response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+
+
 class InvalidInput(ValueError):
     """The request itself is wrong (missing/empty/oversized text, bad stream id): never retried."""
 

@@ -11,7 +11,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import audio, chat, chunking, conversation, engines, manifest, secrets
 from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
-from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled
+from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, is_transient_aws_error
 
 LANGUAGES = ("auto", "en", "ko")
 _VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
@@ -19,11 +19,6 @@ _VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
 _HASH = re.compile(r"[0-9a-f]{64}")
 MAX_QUESTION_CHARS = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_RETRYABLE_CODES = {
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded", "SlowDown",
-    "ProvisionedThroughputExceededException", "RequestThrottled", "TooManyRequestsException",
-    "InternalError", "InternalServerError", "ServiceUnavailable", "InternalFailure", "RequestTimeout",
-}
 
 
 def input_hash(text: str, voice: str, language: str) -> str:
@@ -114,7 +109,7 @@ def aws_errors_as_retryable():
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _RETRYABLE_CODES or status >= 500:
+        if is_transient_aws_error(error):
             raise RetryableError(f"{error.operation_name} failed with {code or status}: try again") from error
         raise
     except BotoCoreError as error:

@@ -11,15 +11,11 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
 
-from tts_stream.errors import PermanentSynthesisError, RetryableError
+from tts_stream.errors import PermanentSynthesisError, RetryableError, is_transient_aws_error
 
 SSM_PREFIX = "ssm:"
 MAX_AGE_S = 300.0
 
-_RETRYABLE_CODES = {
-    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
-    "InternalServiceError", "InternalServerError", "InternalFailure", "ServiceUnavailable", "RequestTimeout",
-}
 # What each permanent failure means for the person who configured TTS_AUTH_SECRET.
 _PERMANENT_REASONS = {
     "ResourceNotFoundException": "it does not exist (or has no current version) in this account and region",
@@ -91,7 +87,7 @@ def _classified(ref: str, where: str):
     except ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in _RETRYABLE_CODES or status >= 500:
+        if is_transient_aws_error(error):
             raise RetryableError(f"{what}: {code or status}, try again") from error
         reason = _PERMANENT_REASONS.get(code, f"the request was refused (HTTP {status})")
         raise PermanentSynthesisError(f"{what}: {reason} ({code or status})") from error
