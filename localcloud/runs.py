@@ -41,7 +41,7 @@ def stream_report(cloud, stream_id: str, started_ms: int, out_dir: Path | None =
         return {"stream_id": stream_id, "status": "not_found", "parts": []}
     parts = []
     for index in sorted(found.ready):
-        key = part_key(stream_id, index)
+        key = found.keys.get(index) or part_key(stream_id, index)
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         wav = audio.read_connect_wav(data)
         part = {"index": index, "text": found.texts[index].strip() if found.texts else "", "key": key,
@@ -127,8 +127,12 @@ def _add_manifest_facts(cloud, result: dict, started_ms: int):
         return
     found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"],
                           with_texts=True)
+    # A part lives under its stream, or (served from the prompt cache) at its cache key.
+    where = {found.keys.get(i) or part_key(found.stream_id, i): i for i in range(found.total or 0)} if found else {}
     for part in result["parts"]:
-        index = int(_PART_NAME.search(part["url"]).group(1))
+        index = next((i for key, i in where.items() if key in part["url"]), None)
+        if index is None:
+            index = int(_PART_NAME.search(part["url"]).group(1))
         part["index"] = index
         if found is not None:
             part["text"] = found.texts[index].strip() if found.texts else ""

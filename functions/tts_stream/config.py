@@ -45,6 +45,10 @@ class Settings:
     tts_auth_secret: str = ""
     tts_connect_timeout_ms: int = 2000
     tts_read_timeout_ms: int = 10000
+    # Prompt cache (issue 4).
+    prompt_cache: bool = True
+    cache_table: str = ""
+    cache_retention_days: int = 30
     # Chat settings (issue 5).
     conversation_table: str = ""
     chat_backend: str = "http"
@@ -74,8 +78,8 @@ def load(env=None) -> Settings:
         state_machine_arn=env.get("STATE_MACHINE_ARN", ""),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         tts_engine=env.get("TTS_ENGINE", "espeak"),
-        voice_en=env.get("VOICE_EN", "en-us"),
-        voice_ko=env.get("VOICE_KO", "ko"),
+        voice_en=env.get("VOICE_EN", ""),
+        voice_ko=env.get("VOICE_KO", ""),
         first_chunk_max_chars=_int(env, "FIRST_CHUNK_MAX_CHARS", 40),
         chunk_target_chars=_int(env, "CHUNK_TARGET_CHARS", 200),
         chunk_max_chars=_int(env, "CHUNK_MAX_CHARS", 400),
@@ -93,6 +97,9 @@ def load(env=None) -> Settings:
         tts_auth_secret=env.get("TTS_AUTH_SECRET", ""),
         tts_connect_timeout_ms=_int(env, "TTS_CONNECT_TIMEOUT_MS", 2000),
         tts_read_timeout_ms=_int(env, "TTS_READ_TIMEOUT_MS", 10000),
+        prompt_cache=env.get("PROMPT_CACHE", "true").lower() == "true",
+        cache_table=env.get("CACHE_TABLE", ""),
+        cache_retention_days=_int(env, "CACHE_RETENTION_DAYS", 30),
         conversation_table=env.get("CONVERSATION_TABLE", ""),
         chat_backend=env.get("CHAT_BACKEND") or "http",
         chat_url=env.get("CHAT_URL", ""),

@@ -14,6 +14,7 @@ Messages never repeat the text, which is the caller's or the chatbot's words.
 
 import audioop
 import ctypes
+import dataclasses
 import functools
 import http.client
 import json
@@ -593,6 +594,12 @@ def _read_wav(data: bytes) -> tuple[bytes, int, int]:
 # --- Choosing an engine ---------------------------------------------------------------------------------
 
 ENGINE_NAMES = (EspeakEngine.name, HttpEngine.name, PollyEngine.name)
+
+
+def pinned_settings(settings: config.Settings, identity: dict[str, str]) -> config.Settings:
+    """Settings that rebuild the engine a stream pinned in its manifest, whatever the environment says now."""
+    return dataclasses.replace(settings, polly_engine=identity.get("engine_type", settings.polly_engine),
+                               tts_url=identity.get("url", settings.tts_url))
 
 
 def get_engine(name: str, settings: config.Settings | None = None) -> Engine:

@@ -6,6 +6,9 @@ Item attributes:
     input_hash      what the stream was started with, so a retried start is recognised and a reused id is not
     total           number of parts (once planned)
     engine, voice, language   pinned when the stream is planned: every part uses exactly these
+    engine_settings the engine's settings that shape its audio (Polly engine type, TTS server URL), pinned too
+    keys            map of part index -> S3 key for parts served from the prompt cache (others live under
+                    streams/STREAM_ID/)
     texts           the chunk text of each part (read only when asked for: batches never need it)
     ready           map of part index -> epoch ms when it became ready (a map key is one ready mark, however
                     often a part is delivered)
@@ -30,8 +33,10 @@ RESTART_AFTER_MS = 2000
 
 # Attributes a batch needs: everything but the texts, which can be tens of kilobytes.
 # DynamoDB reserves many plain words (status, total, language...): every expression names attributes by alias.
-_NAMES = {f"#{name}": name for name in ("status", "error", "language", "total", "texts", "ready", "engine", "voice")}
-_BATCH_ATTRIBUTES = "stream_id, #status, #total, #ready, failed_index, #error, created_ms, #engine, #voice, #language"
+_NAMES = {f"#{name}": name for name in ("status", "error", "language", "total", "texts", "ready", "engine", "voice",
+                                         "keys")}
+_BATCH_ATTRIBUTES = ("stream_id, #status, #total, #ready, #keys, failed_index, #error, created_ms, #engine, #voice, "
+                     "#language, engine_settings")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class Manifest:
     voice: str = ""
     language: str = ""
     ready: dict[int, int] = field(default_factory=dict)
+    keys: dict[int, str] = field(default_factory=dict)
+    engine_settings: dict[str, str] = field(default_factory=dict)
     failed_index: int | None = None
     error: str = ""
     created_ms: int = 0
@@ -58,6 +65,8 @@ def _number(item, name):
 def _from_item(item) -> Manifest:
     ready = {int(k): int(v["N"]) for k, v in item.get("ready", {}).get("M", {}).items()}
     texts = [t["S"] for t in item["texts"]["L"]] if "texts" in item else None
+    keys = {int(k): v["S"] for k, v in item.get("keys", {}).get("M", {}).items()}
+    engine_settings = {k: v["S"] for k, v in item.get("engine_settings", {}).get("M", {}).items()}
     return Manifest(
         stream_id=item["stream_id"]["S"],
         status=item["status"]["S"],
@@ -67,6 +76,8 @@ def _from_item(item) -> Manifest:
         voice=item.get("voice", {}).get("S", ""),
         language=item.get("language", {}).get("S", ""),
         ready=ready,
+        keys=keys,
+        engine_settings=engine_settings,
         failed_index=_number(item, "failed_index"),
         error=item.get("error", {}).get("S", ""),
         created_ms=_number(item, "created_ms") or 0,
@@ -138,27 +149,33 @@ def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int) -> bool:
 
 
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
-         language: str, now_ms: int, ttl_hours: int) -> Manifest:
+         language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
+         cached: dict[int, str] | None = None) -> Manifest:
     """Record the parts and pin engine and voice; return the manifest as it now stands.
 
     A stream planned before with the same input (the workflow delivered twice) keeps what it has, pinned
-    voice and ready parts included, so a second run only fills in what is missing.
+    voice and ready parts included, so a second run only fills in what is missing. Parts found in the prompt
+    cache (`cached`: index -> S3 key) are ready with this one write.
     """
+    cached = cached or {}
     first_time = _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :streaming, input_hash = :h, #total = :total, #texts = :texts, "
-                            "#engine = :engine, #voice = :voice, #language = :language, "
+                            "#engine = :engine, #voice = :voice, #language = :language, engine_settings = :settings, "
                             "created_ms = if_not_exists(created_ms, :now), expires_at = if_not_exists(expires_at, :exp), "
-                            "#ready = if_not_exists(#ready, :empty)",
+                            "#ready = :ready, #keys = :keys",
         "ConditionExpression": "attribute_not_exists(stream_id) OR (input_hash = :h AND #status = :starting)",
         "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#total", "#texts", "#engine", "#voice",
-                                                             "#language", "#ready")},
+                                                             "#language", "#ready", "#keys")},
         "ExpressionAttributeValues": {
             ":streaming": {"S": STATUS_STREAMING}, ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash},
             ":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
             ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
-            ":now": {"N": str(now_ms)}, ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}},
+            ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}},
+            ":now": {"N": str(now_ms)}, ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
+            ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
+            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
         },
     })
     manifest = read(ddb, table, stream_id, with_texts=True)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tts_stream import audio, chat, chunking, conversation, engines, manifest, secrets
+from tts_stream import audio, cache, chat, chunking, conversation, engines, manifest, secrets
 from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
 from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, is_transient_aws_error
 
@@ -56,13 +56,14 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
     return text, voice, language
 
 
-def choose_voice(text: str, voice: str, language: str, settings: Settings) -> tuple[str, str]:
+def choose_voice(text: str, voice: str, language: str, settings: Settings, engine) -> tuple[str, str]:
     """Pick (language, voice) for the whole stream: one answer is spoken in one voice."""
     if language == "auto":
         detected = chunking.detect_language(text)
         # Mixed answers are mostly Korean sentences with English words in them; the Korean voice reads both.
         language = "en" if detected == "en" else "ko"
-    return language, voice or (settings.voice_en if language == "en" else settings.voice_ko)
+    configured = settings.voice_en if language == "en" else settings.voice_ko
+    return language, voice or configured or engine.default_voice(language)
 
 
 def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
@@ -82,18 +83,24 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
     content_hash = event.get("input_hash") or input_hash(text, voice, language)
     if not _HASH.fullmatch(content_hash):
         raise InvalidInput("input_hash must be 64 hex characters")
-    language, voice = choose_voice(text, voice, language, settings)
-    engines.get_engine(settings.tts_engine)  # an unknown engine fails the plan, not every part
-    planned = manifest.plan(
-        ddb, settings.table_name, stream_id, content_hash,
-        texts=texts, engine=settings.tts_engine, voice=voice, language=language,
-        now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
-    )
+    engine = engines.get_engine(settings.tts_engine, settings)  # an unknown engine fails the plan, not every part
+    language, voice = choose_voice(text, voice, language, settings, engine)
+    identity = engine.identity()
+    keys = [cache.key_for(settings.tts_engine, identity, voice, t) for t in texts] if settings.prompt_cache else []
+    with aws_errors_as_retryable():
+        hits = cache.lookup(ddb, settings.cache_table, keys, now_ms=now_ms) if keys else set()
+        planned = manifest.plan(
+            ddb, settings.table_name, stream_id, content_hash,
+            texts=texts, engine=settings.tts_engine, voice=voice, language=language,
+            now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=identity,
+            cached={i: cache.object_key(k) for i, k in enumerate(keys) if k in hits},
+        )
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
     parts = [
         {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
-         "language": planned.language}
+         "language": planned.language, "engine_settings": planned.engine_settings,
+         "cache_key": keys[i] if keys else ""}
         for i, t in enumerate(todo)
         if i not in planned.ready
     ]
@@ -129,12 +136,21 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
     text = part.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"part {index} of stream {stream_id} has no text")
-    engine = engines.get_engine(part.get("engine") or "")
+    pinned = part.get("engine_settings") if isinstance(part.get("engine_settings"), dict) else {}
+    engine = engines.get_engine(part.get("engine") or "", engines.pinned_settings(settings, pinned))
     speech = engine.synthesize(text.strip(), part.get("voice") or "")
     wav = audio.to_connect_wav(speech.pcm16, speech.sample_rate)
     key = part_key(stream_id, index)
+    cache_key = part.get("cache_key") or ""
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
+        if cache_key and settings.prompt_cache:
+            # The cache copy and its index entry are written before the part is marked ready, so a later
+            # stream never finds an entry whose audio is missing.
+            s3.put_object(Bucket=settings.bucket_name, Key=cache.object_key(cache_key), Body=wav,
+                          ContentType="audio/wav")
+            cache.remember(ddb, settings.cache_table, cache_key, now_ms=now_ms(),
+                           retention_days=settings.cache_retention_days)
         marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")

@@ -60,9 +60,10 @@ def error_reply(status: str, message: str, *, stream_id: str = "", next_index: i
     return reply(batches.Batch(stream_id, status, (), next_index, True, message), [], batch_size)
 
 
-def part_url(clients: Clients, settings: Settings, stream_id: str, index: int) -> str:
-    """The URL Play prompt fetches. Presigning is computed locally: no S3 request per batch."""
-    key = part_key(stream_id, index)
+def part_url(clients: Clients, settings: Settings, stream_id: str, index: int, key: str = "") -> str:
+    """The URL Play prompt fetches: the part under its stream, or its prompt-cache object. Presigning is
+    computed locally: no S3 request per batch."""
+    key = key or part_key(stream_id, index)
     if settings.prompt_url_mode == "presigned":
         return clients.s3.generate_presigned_url(
             "get_object", Params={"Bucket": settings.bucket_name, "Key": key}, ExpiresIn=900)
@@ -86,23 +87,24 @@ def _batch_size(params) -> int:
     return batches.clamp_batch_size(params.get("BatchSize", str(batches.MAX_BATCH_SIZE)))
 
 
-def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size, *, wait_ms, clock) -> batches.Batch:
+def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size, *, wait_ms, clock):
     """Read the manifest once; if nothing is playable yet, poll until a part is or the wait is over."""
     deadline = min(clock.now_ms() + wait_ms, request.deadline_ms)
     while True:
         found = manifest.read(clients.ddb, settings.table_name, stream_id)
         if found is None:
             return batches.Batch(stream_id, "not_found", (), next_index, True,
-                                 f"stream {stream_id} does not exist (or has expired)")
+                                 f"stream {stream_id} does not exist (or has expired)"), {}
         batch = batches.next_batch(found, next_index, batch_size, now_ms=clock.now_ms(),
                                    timeout_ms=settings.stream_timeout_seconds * 1000)
         if batch.indexes or batch.final or clock.now_ms() >= deadline:
-            return batch
+            return batch, found.keys
         clock.sleep(min(settings.poll_interval_ms, max(0, deadline - clock.now_ms())) / 1000)
 
 
-def _batch_reply(clients, settings, batch, batch_size, **extra):
-    urls = [part_url(clients, settings, batch.stream_id, i) for i in batch.indexes]
+def _batch_reply(clients, settings, waited, batch_size, **extra):
+    batch, keys = waited
+    urls = [part_url(clients, settings, batch.stream_id, i, keys.get(i, "")) for i in batch.indexes]
     return reply(batch, urls, batch_size, **extra)
 
 
@@ -140,9 +142,9 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
     if language != "auto":
         workflow_input["language"] = language
     _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
-    batch = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
+    waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
-    return _batch_reply(clients, settings, batch, batch_size)
+    return _batch_reply(clients, settings, waited, batch_size)
 
 
 def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
@@ -171,9 +173,9 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
         workflow_input["language"] = language
     content_hash = pipeline.input_hash(f"chat:{turn}:{question}", voice, language)
     _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
-    batch = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
+    waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
-    return _batch_reply(clients, settings, batch, batch_size, Turn=str(turn))
+    return _batch_reply(clients, settings, waited, batch_size, Turn=str(turn))
 
 
 def get_next_batch(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
@@ -181,9 +183,9 @@ def get_next_batch(clients: Clients, settings: Settings, request: Request, *, cl
     batch_size = _batch_size(params)
     stream_id = check_stream_id(params.get("StreamId"))
     next_index = batches.parse_index(params.get("NextIndex", "0"), "NextIndex")
-    batch = _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size,
+    waited = _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size,
                             wait_ms=settings.batch_wait_ms, clock=clock)
-    return _batch_reply(clients, settings, batch, batch_size)
+    return _batch_reply(clients, settings, waited, batch_size)
 
 
 def stop(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:

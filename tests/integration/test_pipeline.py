@@ -20,9 +20,12 @@ TEXT = (
 
 @pytest.fixture(autouse=True)
 def sentence_sized_parts(setting):
-    """Short answers still make several parts: as if deployed with FirstChunkMaxChars=30, ChunkTargetChars=30."""
+    """Short answers still make several parts: as if deployed with FirstChunkMaxChars=30, ChunkTargetChars=30.
+    The prompt cache is off here: these tests check where every newly spoken part is written (the cache has
+    tests of its own, in test_voices.py)."""
     setting("FIRST_CHUNK_MAX_CHARS", 30)
     setting("CHUNK_TARGET_CHARS", 30)
+    setting("PROMPT_CACHE", "false")
 
 
 def _keys(cloud, stream_id):

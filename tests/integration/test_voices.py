@@ -1,0 +1,112 @@
+"""One consistent voice per stream, the prompt cache, and every engine behind the same pipeline."""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from localcloud import runs, tts_server
+from tts_stream import audio, engines, manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class EngineSpy:
+    """Records which voice each synthesis used, then lets the real engine speak."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        real = engines.get_engine
+
+        def get_engine(name, settings=None):
+            engine = real(name, settings)
+            speak = engine.synthesize
+
+            def synthesize(text, voice):
+                self.calls.append((name, voice, text))
+                return speak(text, voice)
+
+            engine.synthesize = synthesize
+            return engine
+
+        monkeypatch.setattr(engines, "get_engine", get_engine)
+
+
+def unique_answer():
+    tag = uuid.uuid4().hex[:6]
+    return (f"Your reference is {tag}. Reference {tag} was registered today. "
+            f"We will call you back about {tag} within one business day. Thank you for waiting, {tag}.")
+
+
+def test_a_second_identical_answer_is_served_from_the_cache_without_the_engine(cloud, monkeypatch):
+    # Given an answer spoken once
+    spy = EngineSpy(monkeypatch)
+    text = unique_answer()
+    first = runs.run_call(cloud, text, speed=50)
+    spoken_first = len(spy.calls)
+
+    # When the same answer is asked for again, in another call
+    second = runs.run_call(cloud, text, speed=50)
+
+    # Then no part is synthesized again, and the caller hears the same parts, in order, from the cache
+    assert spoken_first == first["total"] >= 2
+    assert len(spy.calls) == spoken_first
+    assert second["final"] and second["status"] == "complete"
+    assert [p["index"] for p in second["parts"]] == list(range(second["total"]))
+    assert all("/cache/" in p["url"] for p in second["parts"])
+    assert [p["duration_ms"] for p in second["parts"]] == [p["duration_ms"] for p in first["parts"]]
+
+
+def test_a_changed_voice_setting_does_not_change_a_stream_already_started(cloud, setting, monkeypatch, stream_id):
+    # Given a stream planned with the English voice en-us
+    setting("VOICE_EN", "en-us")
+    spy = EngineSpy(monkeypatch)
+    planned = cloud.invoke("PlanFunction", {"stream_id": stream_id, "text": unique_answer()})
+    # When the configured voice changes before its parts are synthesized
+    setting("VOICE_EN", "en-gb")
+    for part in planned["parts"]:
+        cloud.invoke("SynthesizeFunction", part)
+
+    # Then every part was spoken with the pinned voice, which the manifest carries
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id)
+    assert found.voice == "en-us"
+    assert {part["voice"] for part in planned["parts"]} == {"en-us"}
+    assert {voice for _, voice, _ in spy.calls} == {"en-us"}
+    assert len(spy.calls) == found.total == len(found.ready)
+    # and a new stream uses the new setting
+    again = cloud.invoke("PlanFunction", {"stream_id": f"{stream_id}-b", "text": unique_answer()})
+    assert {part["voice"] for part in again["parts"]} == {"en-gb"}
+
+
+def test_the_cache_key_separates_voices_and_engine_settings(cloud, setting, monkeypatch):
+    spy = EngineSpy(monkeypatch)
+    text = unique_answer()
+    runs.run_stream(cloud, text, voice="en-us")
+    spoken = len(spy.calls)
+    runs.run_stream(cloud, text, voice="en-gb")  # another voice is other audio: spoken again
+    assert len(spy.calls) == 2 * spoken
+
+
+@pytest.mark.parametrize("rate, response", [(22050, "wav"), (24000, "l16")])
+def test_a_call_can_use_a_teams_own_tts_server(tmp_path, rate, response):
+    # Given a real TTS server on 127.0.0.1 speaking at 22,050 or 24,000 Hz
+    server, url = tts_server.serve(sample_rate=rate, response=response)
+    try:
+        # When a call runs with TtsEngine=http pointed at it
+        done = subprocess.run(
+            [sys.executable, "-m", "localcloud", "call", "--text", unique_answer(), "--speed", "50", "--json",
+             "--out", str(tmp_path / "heard.wav"), "--parameter-overrides", "TtsEngine=http", f"TtsUrl={url}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        server.stop()
+    # Then the caller hears every part, each spoken by that server and resampled to Connect's 8 kHz
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["final"] and report["status"] == "complete"
+    assert server.request_count == report["total"]
+    assert [p["index"] for p in report["parts"]] == list(range(report["total"]))
+    heard = audio.read_connect_wav((tmp_path / "heard.wav").read_bytes())
+    assert heard.sample_rate == 8000 and heard.duration_ms > 3000
