@@ -55,6 +55,9 @@ demo: setup
 	$(PY) -m localcloud stream --text "$(DEMO_TEXT)" --out out/demo/parts
 	@echo "== 2. A phone call through the template's contact flow, in real time"
 	$(PY) -m localcloud call --text "$(DEMO_TEXT)" --out out/demo/call.wav
+	@echo "== 3. A conversation with a local chatbot, three questions; the caller interrupts the second answer"
+	$(PY) -m localcloud call --question "When will my order arrive?" --question "Tell me everything about your plans" \
+		--question "환불은 어떻게 하나요?" --press 1:0:500 --speed 2 --out out/demo/conversation.wav
 
 test: setup lint
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(PY) -m pytest

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from localcloud import chatbot, phone, runs
 from localcloud import cloud as local
-from localcloud import runs
 from localcloud.template import parse_overrides
 
 
@@ -44,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--json", action="store_true", help="print one JSON report instead of text")
 
     call = command("call", "simulate a phone call through the template's contact flow")
-    call.add_argument("--text", required=True, help="the answer the caller hears (contact attribute AnswerText)")
+    asked = call.add_mutually_exclusive_group(required=True)
+    asked.add_argument("--text", help="the answer the caller hears (contact attribute AnswerText)")
+    asked.add_argument("--question", action="append", help="talk to the chatbot: one question per turn (repeatable)")
+    call.add_argument("--chat-url", default="", help="your chatbot (default: a built-in bot on 127.0.0.1)")
+    call.add_argument("--press", action="append", default=[], metavar="TURN:PART[:MS]",
+                      help="press 1 during part PART of the answer to question TURN (from 0): barge-in")
     call.add_argument("--out", type=Path, default=Path("out/call.wav"), help="what the caller heard (default out/call.wav)")
     call.add_argument("--speed", type=float, default=1.0,
                       help="playback speed-up; 1 is real time, more makes waits an upper bound (default 1)")
@@ -65,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "call" and args.question:
+        if not args.chat_url:
+            _, _, args.chat_url = chatbot.serve()  # a built-in bot, so the demo needs no outside service
+        args.parameter_overrides = [*args.parameter_overrides, f"ChatUrl={args.chat_url}"]
     if not args.verbose:
         # The functions' JSON logs and metrics are what CloudWatch would get; here they would bury the report.
         os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
@@ -109,12 +118,29 @@ def _call(cloud, args, out) -> int:
     if args.speed <= 0:
         print("error: --speed must be more than 0", file=sys.stderr)
         return 2
+    if args.question:
+        try:
+            presses = [_press(p) for p in args.press]
+        except ValueError as error:
+            print(f"error: --press {error}", file=sys.stderr)
+            return 2
+        result = runs.run_chat_call(cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out)
+        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else runs.describe_chat_call(result),
+              file=out)
+        return 0 if result["ended_by"] == "EndCall" else 1
     result = runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
     else:
         print(runs.describe_call(result), file=out)
     return 0 if result["final"] and result["status"] == "complete" else 1
+
+
+def _press(spec: str) -> phone.KeyPress:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{spec!r} is not TURN:PART or TURN:PART:MS (whole numbers)")
+    return phone.KeyPress(turn=int(parts[0]), part=int(parts[1]), after_ms=float(parts[2]) if len(parts) == 3 else 0)
 
 
 def _flow(cloud, function_arn, out) -> int:

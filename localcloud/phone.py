@@ -1,8 +1,15 @@
 """A local phone: runs one call through a contact flow written in Amazon Connect's flow language.
 
-Connect cannot run locally, so this interpreter executes the few action types our flow uses, under Connect's
-data rules: a parameter may be one JSONPath into the flow data (`$.Attributes.X`, `$.External.X`, `$.ContactId`),
-only the most recent Lambda reply is kept as `$.External`, and a block that fails takes its Error branch.
+Connect cannot run locally, so this interpreter executes the few action types our flows use, under Connect's
+data rules: a parameter may be one JSONPath into the flow data (`$.Attributes.X`, `$.External.X`, `$.Lex.X`,
+`$.ContactId`), only the most recent Lambda reply is kept as `$.External`, and a block that fails takes its Error
+branch.
+
+A scripted `Caller` talks to the flow. Get customer input with a Lex V2 bot (ConnectParticipantWithLexBot) hears the
+caller's next question through a simulated bot, the one the chat flow needs an admin to build in Lex: a `Goodbye`
+intent, and a FallbackIntent whose code hook copies the transcript into the session attributes `Question` and
+`Heard`. Get customer input with DTMF (GetParticipantInput) plays its prompt until the caller presses a key; Play
+prompt (MessageParticipant) cannot be interrupted.
 
 Time is real. A Lambda invocation takes as long as the callable does, and playing a part sleeps for the part's
 duration divided by `speed`, so background synthesis races the call as it would on a phone line. All reported
@@ -16,13 +23,14 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tts_stream.audio import read_connect_wav, ulaw_wav
 
 FLOW_VERSION = "2019-10-30"
 ACTION_TYPES = frozenset(
-    {"InvokeLambdaFunction", "UpdateContactAttributes", "Compare", "MessageParticipant", "DisconnectParticipant"}
+    {"InvokeLambdaFunction", "UpdateContactAttributes", "Compare", "MessageParticipant", "DisconnectParticipant",
+     "ConnectParticipantWithLexBot", "GetParticipantInput", "Loop"}
 )
 TERMINAL_TYPES = frozenset({"DisconnectParticipant"})
 MAX_ACTIONS_PER_FLOW = 250
@@ -31,6 +39,19 @@ FORBIDDEN_IDENTIFIER_CHARS = frozenset("%:(\\/)=$,;[]{}")
 LAMBDA_REPLY_MAX_BYTES = 32 * 1024
 MAX_PROMPT_BYTES = 50 * 1024 * 1024
 MAX_PROMPT_MS = 5 * 60 * 1000
+MAX_LOOP_COUNT = 100
+DTMF_KEYS = frozenset("0123456789*#")
+ULAW_BYTES_PER_MS = 8  # 8 kHz, one byte per sample
+
+# The simulated Lex V2 bot (what the chat flow's admin builds): these utterances match the Goodbye intent, anything
+# else the FallbackIntent, whose code hook sets QUESTION_ATTRIBUTE to the transcript and HEARD_ATTRIBUTE to yes/no.
+GOODBYE_INTENT = "Goodbye"
+FALLBACK_INTENT = "FallbackIntent"
+GOODBYE_UTTERANCES = frozenset({"goodbye", "bye", "bye bye", "that's all", "that is all", "no thanks", "nothing else"})
+QUESTION_ATTRIBUTE = "Question"
+HEARD_ATTRIBUTE = "Heard"
+SILENCE_RESULTS = ("fallback", "timeout")
+_LEX_ALIAS_ARN = re.compile(r"arn:aws[a-z-]*:lex:[a-z0-9-]+:\d{12}:bot-alias/[A-Za-z0-9]+/[A-Za-z0-9]+")
 
 INSTANCE_ARN = "arn:aws:connect:us-east-1:123456789012:instance/9308c2a1-9bc6-4cea-8290-6c0b4a6d38fa"
 CUSTOMER_NUMBER = "+15550100001"
@@ -48,9 +69,64 @@ class LambdaReplyError(FlowError):
     """A Lambda reply breaks the block's ResponseValidation; Connect would take the Error branch. Fix the Lambda."""
 
 
+@dataclass(frozen=True)
+class KeyPress:
+    """The caller presses `key` `after_ms` into the audio of part `part` of the answer to question `turn`.
+
+    Both indexes count from 0: `turn` counts the questions the caller asks (silences are not turns), `part` the
+    parts of that answer in the order they play. A press later than the part's audio lands as the audio ends. Only a
+    part played by Get customer input (GetParticipantInput) can be interrupted; a Play prompt ignores the key.
+    """
+
+    turn: int
+    part: int
+    after_ms: float = 0.0
+    key: str = "1"
+
+    def __post_init__(self):
+        if self.turn < 0 or self.part < 0 or self.after_ms < 0:
+            raise ValueError(f"turn, part and after_ms must be >= 0, got {self!r}")
+        if self.key not in DTMF_KEYS:
+            raise ValueError(f"key must be one of {''.join(sorted(DTMF_KEYS))}, got {self.key!r}")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A scripted caller: says `questions` in order, one per Listen, then nothing; presses keys as `presses` say.
+
+    A None in `questions` is a Listen where the caller says nothing.
+
+    `silence` is how the Lex block reports a caller who says nothing: "fallback" (the FallbackIntent with an empty
+    transcript) or "timeout" (its InputTimeLimitExceeded error). Which one Connect does is not documented, so a flow
+    should handle both. The utterances in GOODBYE_UTTERANCES match the bot's Goodbye intent.
+    """
+
+    questions: Sequence[str | None] = ()
+    presses: Sequence[KeyPress] = ()
+    silence: str = "fallback"
+
+    def __post_init__(self):
+        if isinstance(self.questions, str) or not all(
+                q is None or (isinstance(q, str) and q.strip()) for q in self.questions):
+            raise ValueError(f"questions must be a list of non-empty strings or None, got {self.questions!r}")
+        if self.silence not in SILENCE_RESULTS:
+            raise ValueError(f"silence must be one of {SILENCE_RESULTS}, got {self.silence!r}")
+        seen = [(press.turn, press.part) for press in self.presses]
+        if len(seen) != len(set(seen)):
+            raise ValueError(f"at most one key press per part of a turn, got {list(self.presses)!r}")
+
+    def press_for(self, turn: int, part: int) -> KeyPress | None:
+        return next((p for p in self.presses if (p.turn, p.part) == (turn, part)), None)
+
+
 @dataclass
 class CallReport:
-    """What the caller experienced. Times are ms since the call started; `parts` are in the order played."""
+    """What the caller experienced. Times are ms since the call started; `parts` are in the order played.
+
+    `turns` has one entry per question the caller asked: the `question`, the Lambda's `turn` and `stream_id` for it,
+    the URLs of the `parts` played for it, whether a key press `interrupted` it, `asked_ms` (when the question was
+    heard) and `ttfa_ms` (from then to its first audio).
+    """
 
     final: bool = False
     status: str | None = None
@@ -63,6 +139,7 @@ class CallReport:
     path: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
     audio_ulaw: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
@@ -72,7 +149,8 @@ class CallReport:
             "status": self.status,
             "stream_id": self.stream_id,
             "ttfa_ms": _round(self.ttfa_ms),
-            "parts": [{**part, "played_ms": _round(part["played_ms"]), "duration_ms": _round(part["duration_ms"])}
+            "parts": [{**part, **{key: _round(part[key]) for key in ("played_ms", "duration_ms", "heard_ms")
+                                  if key in part}}
                       for part in self.parts],
             "gaps_ms": [_round(gap) for gap in self.gaps_ms],
             "lambda_invocations": self.lambda_invocations,
@@ -80,6 +158,8 @@ class CallReport:
             "path": list(self.path),
             "messages": list(self.messages),
             "errors": list(self.errors),
+            "turns": [{**turn, "parts": list(turn["parts"]), "asked_ms": _round(turn["asked_ms"]),
+                       "ttfa_ms": _round(turn["ttfa_ms"])} for turn in self.turns],
             "audio_bytes": len(self.audio_ulaw),
         }
 
@@ -123,6 +203,8 @@ def check_flow(flow: dict[str, Any]) -> None:
             problems.append(f"{identifier}: a {kind} must have empty Transitions")
         elif kind not in TERMINAL_TYPES and "NextAction" not in (action.get("Transitions") or {}):
             problems.append(f"{identifier}: no Transitions.NextAction, so the call would stop here")
+        else:
+            problems += [f"{identifier}: {problem}" for problem in _action_problems(action)]
         for target in successors(action):
             if target not in by_id:
                 problems.append(f"{identifier}: goes to {target!r}, which is not an action")
@@ -139,6 +221,43 @@ def check_flow(flow: dict[str, Any]) -> None:
         raise FlowError("flow problems:\n  " + "\n  ".join(problems))
 
 
+def _action_problems(action: dict[str, Any]) -> list[str]:
+    """What Connect would refuse in one action of the types with rules of their own (flow language reference)."""
+    kind, params = action.get("Type"), action.get("Parameters") or {}
+    transitions = action.get("Transitions") or {}
+    conditions = [c.get("Condition") or {} for c in transitions.get("Conditions", [])]
+    operands = [(c.get("Operands") or [None])[0] for c in conditions]
+    problems: list[str] = []
+    if kind in {"ConnectParticipantWithLexBot", "GetParticipantInput"}:
+        if any(c.get("Operator") != "Equals" for c in conditions):
+            problems.append(f"a {kind} supports only the Equals operator in its Conditions")
+        prompts = [key for key in ("PromptId", "Text", "SSML", "Media") if key in params]
+        if len(prompts) > 1:
+            problems.append(f"a {kind} takes at most one of PromptId, Text, SSML and Media, got {prompts}")
+    if kind == "ConnectParticipantWithLexBot":
+        if "Media" in params:
+            problems.append("Get customer input cannot play an S3 prompt with an Amazon Lex V2 bot; use Text or SSML")
+        if "AliasArn" not in (params.get("LexV2Bot") or {}):
+            problems.append("needs LexV2Bot.AliasArn (Lex V1 bots are not run here)")
+    elif kind == "GetParticipantInput":
+        limit = params.get("InputTimeLimitSeconds")
+        if not (isinstance(limit, str) and limit.isdigit() and int(limit) > 0):
+            problems.append(f"InputTimeLimitSeconds must be a static whole number of seconds > 0, got {limit!r}")
+        if params.get("StoreInput", "False") != "False":
+            problems.append("only StoreInput 'False' (branch on the key pressed) is run here")
+        if any(not (isinstance(o, str) and o in DTMF_KEYS) for o in operands):
+            problems.append(f"DTMF conditions compare one static key (0-9, * or #), got {operands}")
+    elif kind == "Loop":
+        count = params.get("LoopCount")
+        if not (isinstance(count, str) and (_JSONPATH.fullmatch(count)
+                                            or (count.isdigit() and int(count) <= MAX_LOOP_COUNT))):
+            problems.append(f"LoopCount must be 0..{MAX_LOOP_COUNT} or one JSONPath, got {count!r}")
+        if sorted(map(str, operands)) != ["ContinueLooping", "DoneLooping"] or any(
+                c.get("Operator") != "Equals" for c in conditions):
+            problems.append("a Loop needs exactly the conditions Equals ContinueLooping and Equals DoneLooping")
+    return problems
+
+
 def simulate_call(
     flow: dict[str, Any],
     *,
@@ -148,6 +267,7 @@ def simulate_call(
     fetch_part: Callable[[str], bytes],
     speed: float = 1.0,
     max_actions: int = 10_000,
+    caller: Caller | None = None,
 ) -> CallReport:
     """Run one phone call through `flow`, from its StartAction to a DisconnectParticipant.
 
@@ -157,8 +277,12 @@ def simulate_call(
     `fetch_part(url)` returns the WAV at a Play prompt's S3 URL; a part that cannot be fetched or is not
     8 kHz mono u-law takes the Play block's Error branch, as in Connect.
 
-    `speed` divides playback time only: at speed > 1 the pipeline gets less wall time between Lambda calls than a
-    real caller would give it, so the reported gaps and time to first audio are upper bounds of real ones.
+    `caller` scripts what the caller says at each Get customer input with a Lex bot and which parts they interrupt
+    with a key (see Caller); without one the caller says nothing and presses nothing.
+
+    `speed` divides playback time and Get customer input's wait for a key: at speed > 1 the pipeline gets less wall
+    time between Lambda calls than a real caller would give it, so the reported gaps and time to first audio are
+    upper bounds of real ones.
     Raises FlowError for an action type or parameter this phone does not run, and when more than `max_actions`
     actions run (a loop that never ends).
     """
@@ -168,14 +292,14 @@ def simulate_call(
     if bad:
         raise ValueError(f"contact attributes must map strings to strings; not: {bad!r}")
     check_flow(flow)
-    call = _Call(flow, contact_id, dict(attributes), invoke_lambda, fetch_part, speed)
+    call = _Call(flow, contact_id, dict(attributes), invoke_lambda, fetch_part, speed, caller or Caller())
     return call.run(max_actions)
 
 
 class _Call:
-    """The state of one call: contact data, the last Lambda reply, the clock and the report."""
+    """The state of one call: contact data, the last Lambda and Lex results, the caller, the clock and the report."""
 
-    def __init__(self, flow, contact_id, attributes, invoke_lambda, fetch_part, speed):
+    def __init__(self, flow, contact_id, attributes, invoke_lambda, fetch_part, speed, caller):
         self.actions = {action["Identifier"]: action for action in flow["Actions"]}
         self.start_action = flow["StartAction"]
         self.contact_id = contact_id
@@ -187,6 +311,11 @@ class _Call:
         self.report = CallReport()
         self.started = time.monotonic()
         self.last_part_end_ms: float | None = None
+        self.caller: Caller = caller
+        self.questions_asked = 0
+        self.lex: dict[str, Any] = {}  # the last Lex result, read as $.Lex
+        self.lex_session: dict[str, str] = {}  # Lex keeps session attributes for the whole contact
+        self.loop_runs: dict[str, int] = {}
 
     def now_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
@@ -198,6 +327,9 @@ class _Call:
             "Compare": self.compare,
             "MessageParticipant": self.message,
             "DisconnectParticipant": lambda action: None,
+            "ConnectParticipantWithLexBot": self.listen,
+            "GetParticipantInput": self.gather,
+            "Loop": self.loop,
         }
         identifier: str | None = self.start_action
         while identifier is not None:
@@ -245,6 +377,9 @@ class _Call:
         _check_reply(name, reply, response_type)
 
         self.external = dict(reply)
+        turn = self.current_turn()
+        if turn is not None and "Turn" in reply:  # chat_and_stream started the stream that answers this turn
+            turn["turn"], turn["stream_id"] = reply["Turn"], reply.get("StreamId")
         if "Status" in reply:
             self.report.status = reply["Status"]
         if "StreamId" in reply:
@@ -285,13 +420,113 @@ class _Call:
             self.report.messages.append(self.resolve_string(params["Text"], name))
             return action["Transitions"]["NextAction"]
 
-        media = params["Media"]
+        wav = self.load_prompt(name, params["Media"])
+        if wav is None:
+            return self.error_branch(action)
+        self.play(wav, self.resolve_string(params["Media"]["Uri"], name))
+        return action["Transitions"]["NextAction"]
+
+    def listen(self, action: dict[str, Any]) -> str:
+        """Get customer input with a Lex V2 bot: speak the prompt, hear the caller's next question through the bot."""
+        params = action["Parameters"]
+        name = action["Identifier"]
+        unknown = set(params) - {"Text", "SSML", "LexV2Bot", "LexSessionAttributes"}
+        if unknown:
+            raise FlowError(f"{name}: a ConnectParticipantWithLexBot here takes Text or SSML, LexV2Bot and "
+                            f"LexSessionAttributes, not {sorted(unknown)}")
+        alias = self.resolve_string(params["LexV2Bot"]["AliasArn"], name)
+        if not _LEX_ALIAS_ARN.fullmatch(alias):
+            raise FlowError(f"{name}: LexV2Bot.AliasArn must be a Lex V2 bot alias ARN "
+                            f"(arn:aws:lex:REGION:ACCOUNT:bot-alias/BOT_ID/ALIAS_ID), got {alias!r}")
+        for key in ("Text", "SSML"):
+            if key in params:
+                self.report.messages.append(self.resolve_string(params[key], name))
+        # Attributes the block passes are set before the bot runs; the bot's code hook may overwrite them.
+        self.lex_session.update({key: self.resolve_string(value, name)
+                                 for key, value in (params.get("LexSessionAttributes") or {}).items()})
+
+        question = None
+        if self.questions_asked < len(self.caller.questions):
+            question = self.caller.questions[self.questions_asked]
+            self.questions_asked += 1
+        if question is None and self.caller.silence == "timeout":
+            self.lex = {"SessionAttributes": dict(self.lex_session)}
+            return self.error_branch(action, "InputTimeLimitExceeded")
+
+        intent = GOODBYE_INTENT if _normalized(question or "") in GOODBYE_UTTERANCES else FALLBACK_INTENT
+        if intent == FALLBACK_INTENT:  # the FallbackIntent's code hook
+            self.lex_session[QUESTION_ATTRIBUTE] = question or ""
+            self.lex_session[HEARD_ATTRIBUTE] = "yes" if question else "no"
+            if question:
+                self.report.turns.append({"question": question, "turn": None, "stream_id": None, "parts": [],
+                                          "interrupted": False, "asked_ms": self.now_ms(), "ttfa_ms": None})
+        self.lex = {"IntentName": intent, "Slots": {}, "SessionAttributes": dict(self.lex_session),
+                    "DialogState": "Fulfilled"}
+        transitions = action["Transitions"]
+        for condition in transitions.get("Conditions", []):
+            if condition["Condition"]["Operands"][0] == intent:
+                return condition["NextAction"]
+        return self.error_branch(action, "NoMatchingCondition", default=transitions["NextAction"])
+
+    def gather(self, action: dict[str, Any]) -> str:
+        """Get customer input with DTMF: play the prompt until a key is pressed, or then wait for one."""
+        params = action["Parameters"]
+        name = action["Identifier"]
+        unknown = set(params) - {"Text", "SSML", "Media", "InputTimeLimitSeconds", "StoreInput", "DTMFConfiguration"}
+        if unknown:
+            raise FlowError(f"{name}: a GetParticipantInput here takes Text, SSML or Media, InputTimeLimitSeconds, "
+                            f"StoreInput and DTMFConfiguration, not {sorted(unknown)}")
+        wait_ms = int(params["InputTimeLimitSeconds"]) * 1000
+        press = None
+        if "Media" in params:
+            wav = self.load_prompt(name, params["Media"])
+            if wav is None:
+                return self.error_branch(action)
+            turn = self.current_turn()
+            if turn is not None:
+                press = self.caller.press_for(len(self.report.turns) - 1, len(turn["parts"]))
+            heard_ms = None if press is None else min(press.after_ms, wav.duration_ms)
+            self.play(wav, self.resolve_string(params["Media"]["Uri"], name), heard_ms=heard_ms)
+            if press is not None and turn is not None:
+                turn["interrupted"] = True
+        else:
+            for key in ("Text", "SSML"):
+                if key in params:
+                    self.report.messages.append(self.resolve_string(params[key], name))
+        transitions = action["Transitions"]
+        if press is None:
+            # The caller says nothing: Connect waits InputTimeLimitSeconds for a first key, then times out.
+            time.sleep(wait_ms / self.speed / 1000)
+            return self.error_branch(action, "InputTimeLimitExceeded")
+        for condition in transitions.get("Conditions", []):
+            if condition["Condition"]["Operands"][0] == press.key:
+                return condition["NextAction"]
+        return self.error_branch(action, "NoMatchingCondition", default=transitions["NextAction"])
+
+    def loop(self, action: dict[str, Any]) -> str:
+        """Loop: ContinueLooping the first LoopCount times this action runs, then DoneLooping once, then again."""
+        name = action["Identifier"]
+        count = self.resolve(action["Parameters"]["LoopCount"], name)
+        if not (isinstance(count, str) and count.isdigit() and int(count) <= MAX_LOOP_COUNT):
+            raise FlowError(f"{name}: LoopCount resolves to {count!r}, not a whole number 0..{MAX_LOOP_COUNT}")
+        runs = self.loop_runs.get(name, 0) + 1
+        result = "ContinueLooping" if runs <= int(count) else "DoneLooping"
+        self.loop_runs[name] = runs if result == "ContinueLooping" else 0
+        for condition in action["Transitions"]["Conditions"]:
+            if condition["Condition"]["Operands"][0] == result:
+                return condition["NextAction"]
+        raise FlowError(f"{name}: no condition for {result}")
+
+    # --- playing -------------------------------------------------------------------------------------------
+
+    def load_prompt(self, name: str, media: dict[str, Any]):
+        """The WAV at an S3 prompt, or None (with the reason in the report) where Connect would take Error."""
         if media.get("SourceType") != "S3" or media.get("MediaType") != "Audio":
             raise FlowError(f"{name}: Media must have SourceType 'S3' and MediaType 'Audio', got {media!r}")
         url = self.resolve_string(media["Uri"], name)
         if not url:
             self.report.errors.append(f"{name}: the prompt URL {media['Uri']!r} is empty")
-            return self.error_branch(action)
+            return None
         try:
             data = self.fetch_part(url)
             if len(data) >= MAX_PROMPT_BYTES:
@@ -301,18 +536,35 @@ class _Call:
                 raise ValueError(f"{wav.duration_ms:.0f} ms long; Connect plays prompts under 5 minutes")
         except Exception as exc:  # noqa: BLE001 - Connect takes the Error branch and plays nothing
             self.report.errors.append(f"{name}: cannot play {url}: {type(exc).__name__}: {exc}")
-            return self.error_branch(action)
+            return None
+        return wav
 
+    def play(self, wav, url: str, heard_ms: float | None = None) -> None:
+        """Play a part in real time (divided by speed); `heard_ms` cuts it short where the caller pressed a key."""
         played_ms = self.now_ms()
         if self.last_part_end_ms is None:
             self.report.ttfa_ms = played_ms
         else:
             self.report.gaps_ms.append(played_ms - self.last_part_end_ms)
-        time.sleep(wav.duration_ms / self.speed / 1000)
+        length_ms = wav.duration_ms if heard_ms is None else heard_ms
+        time.sleep(length_ms / self.speed / 1000)
         self.last_part_end_ms = self.now_ms()
-        self.report.parts.append({"url": url, "played_ms": played_ms, "duration_ms": wav.duration_ms})
-        self.report.audio_ulaw += wav.ulaw
-        return action["Transitions"]["NextAction"]
+        part: dict[str, Any] = {"url": url, "played_ms": played_ms, "duration_ms": wav.duration_ms}
+        audio = wav.ulaw
+        if heard_ms is not None:
+            audio = wav.ulaw[:round(heard_ms * ULAW_BYTES_PER_MS)]
+            part.update(heard_ms=heard_ms, interrupted=True)
+        turn = self.current_turn()
+        if turn is not None:
+            part["turn"] = len(self.report.turns) - 1
+            if turn["ttfa_ms"] is None:
+                turn["ttfa_ms"] = played_ms - turn["asked_ms"]
+            turn["parts"].append(url)
+        self.report.parts.append(part)
+        self.report.audio_ulaw += audio
+
+    def current_turn(self) -> dict[str, Any] | None:
+        return self.report.turns[-1] if self.report.turns else None
 
     # --- data ----------------------------------------------------------------------------------------------
 
@@ -341,7 +593,7 @@ class _Call:
             return value
         if not _JSONPATH.fullmatch(value):
             raise FlowError(f"{name}: {value!r} mixes text and JSONPath; only whole-value JSONPaths are run here")
-        node: Any = {**self.contact_data(), "External": self.external}
+        node: Any = {**self.contact_data(), "External": self.external, "Lex": self.lex}
         for dotted, bracketed in _SEGMENT.findall(value[1:]):
             key = dotted or bracketed
             if not isinstance(node, dict) or key not in node:
@@ -418,6 +670,10 @@ def _reachable(by_id: dict[str, dict[str, Any]], starts: list[str], *, forward: 
             seen.add(identifier)
             todo.extend(edges[identifier])
     return seen
+
+
+def _normalized(utterance: str) -> str:
+    return " ".join(utterance.lower().replace("’", "'").strip(" .,!?").split())
 
 
 def _round(ms: float | None) -> float | None:

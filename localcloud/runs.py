@@ -156,3 +156,65 @@ def describe_call(result: dict) -> str:
     if result.get("caller_wav"):
         lines.append(f"what the caller heard: {result['caller_wav']}")
     return "\n".join(lines)
+
+
+LOCAL_LEX_ALIAS = "arn:aws:lex:us-east-1:123456789012:bot-alias/LOCALBOT01/LOCALALIAS"
+
+
+def chat_flow(template) -> dict:
+    """The multi-turn flow as the template deploys it; locally, Lex is the phone's own stand-in bot."""
+    saved = template.parameters.get("LexBotAliasArn", "")
+    template.parameters["LexBotAliasArn"] = saved or LOCAL_LEX_ALIAS
+    try:
+        return json.loads(template.resolve(template.body["Resources"]["ChatFlow"]["Properties"]["Content"]))
+    finally:
+        template.parameters["LexBotAliasArn"] = saved
+
+
+def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0, out_wav: Path | None = None) -> dict:
+    """Simulate a conversation through the template's chat flow: the caller asks each question in turn
+    (pressing keys as `presses` say), then says nothing, and the flow ends the call."""
+    contact_id = str(uuid.uuid4())
+    calls_before = cloud.aws_calls.snapshot()
+    started_ms = time.time_ns() // 1_000_000
+    report = phone.simulate_call(
+        chat_flow(cloud.template), contact_id=contact_id, attributes={},
+        invoke_lambda=lambda arn, event: cloud.invoke("ConnectFunction", event),
+        fetch_part=lambda url: fetch_part(cloud, url), speed=speed,
+        caller=phone.Caller(questions=list(questions), presses=list(presses)),
+    )
+    wait_for_executions(cloud)
+    result = report.to_json()
+    result["contact_id"] = contact_id
+    result["aws_calls"] = dict(sorted((cloud.aws_calls.snapshot() - calls_before).items()))
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    for turn in result["turns"]:
+        found = manifest.read(ddb, table, turn["stream_id"], with_texts=True) if turn.get("stream_id") else None
+        turn["status"] = found.status if found else None
+        turn["total"] = found.total if found else None
+        where = {found.keys.get(i) or part_key(found.stream_id, i): i for i in range(found.total or 0)} if found else {}
+        turn["indexes"] = [next((i for key, i in where.items() if key in url), None) for url in turn["parts"]]
+        turn["texts"] = [found.texts[i].strip() if found and found.texts and i is not None else ""
+                         for i in turn["indexes"]]
+        turn["ready_ms"] = [found.ready.get(i, 0) - started_ms if found and i is not None else None
+                            for i in turn["indexes"]]
+    if out_wav is not None:
+        out_wav.parent.mkdir(parents=True, exist_ok=True)
+        result["caller_wav"] = str(report.write_wav(out_wav))
+    return result
+
+
+def describe_chat_call(result: dict) -> str:
+    lines = [f"call {result['contact_id']}: {len(result['turns'])} questions, ended by {result['ended_by']}, "
+             f"{result['lambda_invocations']} Lambda invocations"]
+    for turn in result["turns"]:
+        lines.append(f"Q{turn['turn']}: {turn['question']}")
+        lines.append(f"    first audio after {turn['ttfa_ms']} ms, {len(turn['parts'])} parts heard"
+                     f"{' (interrupted)' if turn['interrupted'] else ''}, stream {turn['status']}")
+        for text in turn["texts"]:
+            lines.append(f"    > {text}")
+    for message in result["messages"]:
+        lines.append(f"caller heard the prompt: {message}")
+    if result.get("caller_wav"):
+        lines.append(f"what the caller heard: {result['caller_wav']}")
+    return "\n".join(lines)

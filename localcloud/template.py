@@ -92,6 +92,8 @@ class Template:
                 return self.resolve(when_true if self.condition(name) else when_false)
             if key == "Fn::Not":
                 return not self.resolve(arg[0])
+            if key == "Condition":
+                return self.condition(arg)
             if key == "Fn::And":
                 return all(self.resolve(a) for a in arg)
             if key == "Fn::Or":
@@ -105,7 +107,7 @@ class Template:
             if key == "Fn::Select":
                 index, items = arg
                 return self.resolve(items)[int(self.resolve(index))]
-            if key.startswith("Fn::") or key == "Condition":
+            if key.startswith("Fn::"):
                 raise ValueError(f"localcloud does not support {key} in {self.path.name}")
         resolved = {k: self.resolve(v) for k, v in value.items()}
         return {k: v for k, v in resolved.items() if v is not NO_VALUE}

@@ -156,15 +156,16 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
     check_stream_id(request.contact_id or None)
     question = pipeline.check_question(params.get("Question"), settings)
     _, voice, language = pipeline.check_content("x", params.get("Voice"), params.get("Language"), settings)
-    previous = params.get("PreviousTurn") or "0"
-    turn = batches.parse_index(previous, "PreviousTurn") + 1
-    stream_id = f"{request.contact_id}-t{turn}"
+    previous = batches.parse_index(params.get("PreviousTurn") or "0", "PreviousTurn")
+    question_hash = pipeline.input_hash(f"chat:{question}", voice, language)
     try:
-        replaced = conversation.start_turn(clients.ddb, settings.conversation_table, request.contact_id, turn,
-                                           stream_id, now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+        turn, replaced = conversation.start_turn(clients.ddb, settings.conversation_table, request.contact_id,
+                                                 previous, question_hash, now_ms=clock.now_ms(),
+                                                 ttl_hours=settings.manifest_ttl_hours)
     except conversation.StaleTurn as error:
-        return error_reply(manifest.STATUS_CANCELLED, str(error), stream_id=stream_id, batch_size=batch_size)
-    if replaced:
+        return error_reply("error", str(error), batch_size=batch_size)
+    stream_id = f"{request.contact_id}-t{turn}"
+    if replaced and replaced != stream_id:
         manifest.cancel(clients.ddb, settings.table_name, replaced)
     workflow_input = {"stream_id": stream_id, "question": question, "contact_id": request.contact_id, "turn": turn}
     if voice:

@@ -120,7 +120,7 @@ def test_function_policies_name_actions_and_resources_without_wildcards(override
     for logical_id in loaded.body["Resources"]:
         loaded.physical[logical_id] = {"Ref": logical_id, "Arn": f"arn:aws:x:us-east-1:123456789012:{logical_id}"}
     for logical_id, resource in loaded.resources("AWS::Serverless::Function").items():
-        for policy in loaded.resolve(resource["Properties"]["Policies"]):
+        for policy in loaded.resolve(resource["Properties"].get("Policies", [])):
             for statement in policy["Statement"]:
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 assert all("*" not in action for action in actions), logical_id

@@ -1,4 +1,4 @@
-"""The contact flow file, and the local phone that runs calls through it.
+"""The contact flow files, and the local phone that runs calls through them.
 
 The flow tests read the flow from template.yaml (StreamAnswerFlow) as CloudFormation would deploy it. The call tests script the Lambda's
 replies only to drive the phone's branching; end-to-end calls against the real Lambda live elsewhere.
@@ -15,7 +15,9 @@ import pytest
 
 from localcloud.phone import (
     ACTION_TYPES,
+    Caller,
     FlowError,
+    KeyPress,
     LambdaReplyError,
     check_flow,
     simulate_call,
@@ -371,3 +373,349 @@ def test_the_report_is_json_and_its_audio_is_a_connect_wav(flow, tmp_path):
     assert data["audio_bytes"] == 16 * PART_MS and data["ended_by"] == "EndCall"
     assert [part["url"] for part in data["parts"]] == urls
     assert written.frames == 16 * PART_MS
+
+
+# --- the chat flow: listen, ask, play interruptibly, listen again -----------------------------------------
+# Read from template.yaml (resource ChatFlow), as CloudFormation deploys it.
+
+CHAT_FLOW_TEXT = TEMPLATE.body["Resources"]["ChatFlow"]["Properties"]["Content"]["Fn::Sub"][0]
+FAKE_LEX_ARN = "arn:aws:lex:us-east-1:123456789012:bot-alias/BOTID12345/ALIAS12345"
+PART_WAIT_MS = 1000  # the part blocks' InputTimeLimitSeconds: the wait for a key after each part
+
+
+@pytest.fixture(scope="module")
+def chat_flow():
+    return json.loads(CHAT_FLOW_TEXT.replace("${ConnectFunctionArn}", FAKE_ARN)
+                      .replace("${LexBotAliasArn}", FAKE_LEX_ARN))
+
+
+def part_blocks(flow):
+    return [a for a in flow["Actions"] if a["Type"] == "GetParticipantInput" and "Media" in a["Parameters"]]
+
+
+def listen_prompt(flow, identifier):
+    return actions_of(flow)[identifier]["Parameters"]["Attributes"]["ListenPrompt"]
+
+
+def text_of(flow, identifier):
+    return actions_of(flow)[identifier]["Parameters"]["Text"]
+
+
+def errors_of(action):
+    return {error["ErrorType"]: error["NextAction"] for error in action["Transitions"].get("Errors", [])}
+
+
+def chat_reply(turn="1", stream_id="stream-1", **kwargs):
+    return {**reply(stream_id=stream_id, **kwargs), "Turn": turn}
+
+
+def stop_reply(stream_id="stream-1"):
+    return reply(status="cancelled", final=True, stream_id=stream_id)
+
+
+def urls_of(stream_id, count):
+    return [f"https://bucket.s3.us-east-1.amazonaws.com/streams/{stream_id}/part{i:04d}.wav" for i in range(count)]
+
+
+def lambda_params(lam):
+    return [event["Details"]["Parameters"] for _, event in lam.calls]
+
+
+def chat_call(flow, lam, urls=(), caller=None, **kwargs):
+    store = {url: part_wav() for url in urls}
+    kwargs.setdefault("speed", FAST)
+    return simulate_call(flow, contact_id="contact-1", attributes={}, invoke_lambda=lam,
+                         fetch_part=lambda url: store[url], caller=caller, **kwargs)
+
+
+def test_the_chat_flow_is_json_whose_placeholders_are_the_function_and_the_bot(chat_flow):
+    placeholders = re.findall(r"\$\{([^}]*)\}", CHAT_FLOW_TEXT)
+
+    assert sorted(placeholders) == ["ConnectFunctionArn"] * 3 + ["LexBotAliasArn"]
+    assert {action["Type"] for action in chat_flow["Actions"]} <= ACTION_TYPES
+    check_flow(chat_flow)
+
+
+def test_the_chat_flow_asks_for_as_many_parts_as_it_has_part_blocks(chat_flow):
+    indexes = sorted(int(re.fullmatch(r"\$\.External\.Part(\d+)Url", a["Parameters"]["Media"]["Uri"]).group(1))
+                     for a in part_blocks(chat_flow))
+    batch_sizes = [a["Parameters"]["LambdaInvocationAttributes"].get("BatchSize") for a in lambda_blocks(chat_flow)]
+
+    assert indexes == list(range(5))
+    assert sorted(batch_sizes, key=str) == ["5", "5", None]  # chat_and_stream, get_next_batch; stop has none
+
+
+def test_every_part_plays_from_s3_and_any_key_stops_the_stream(chat_flow):
+    for block in part_blocks(chat_flow):
+        params, transitions = block["Parameters"], block["Transitions"]
+        next_block = transitions["NextAction"]
+
+        assert params["Media"]["SourceType"] == "S3" and params["Media"]["MediaType"] == "Audio"
+        assert params["StoreInput"] == "False" and params["InputTimeLimitSeconds"] == str(PART_WAIT_MS // 1000)
+        assert re.fullmatch(r"HasPart\d|CheckFinal", next_block)
+        assert {c["NextAction"] for c in transitions["Conditions"]} == {"StopStream"}
+        assert errors_of(block) == {"InputTimeLimitExceeded": next_block, "NoMatchingCondition": "StopStream",
+                                    "NoMatchingError": "Apology"}
+
+
+def test_the_chat_flow_listens_through_the_lex_bot_with_a_spoken_prompt(chat_flow):
+    listen = actions_of(chat_flow)["Listen"]
+    params = listen["Parameters"]
+
+    assert listen["Type"] == "ConnectParticipantWithLexBot"
+    assert params["LexV2Bot"] == {"AliasArn": FAKE_LEX_ARN}
+    assert params["Text"] == "$.Attributes.ListenPrompt" and "Media" not in params
+    assert params["LexSessionAttributes"]["Heard"] == "no", "each Listen must forget the previous question"
+    assert listen["Transitions"]["Conditions"] == [
+        {"NextAction": "SayGoodbye", "Condition": {"Operator": "Equals", "Operands": ["Goodbye"]}}]
+    assert errors_of(listen) == {"NoMatchingCondition": "CheckHeard", "InputTimeLimitExceeded": "CheckSilence",
+                                 "NoMatchingError": "CheckSilence"}
+
+
+def test_the_chat_flow_sends_the_contract_parameters(chat_flow):
+    actions = actions_of(chat_flow)
+
+    assert actions["Ask"]["Parameters"]["LambdaInvocationAttributes"] == {
+        "Action": "chat_and_stream", "Question": "$.Lex.SessionAttributes.Question",
+        "PreviousTurn": "$.Attributes.Turn", "BatchSize": "5"}
+    assert actions["GetNextBatch"]["Parameters"]["LambdaInvocationAttributes"] == {
+        "Action": "get_next_batch", "StreamId": "$.Attributes.StreamId", "NextIndex": "$.Attributes.NextIndex",
+        "BatchSize": "5"}
+    assert actions["StopStream"]["Parameters"]["LambdaInvocationAttributes"] == {
+        "Action": "stop", "StreamId": "$.Attributes.StreamId"}
+    for block in lambda_blocks(chat_flow):
+        assert block["Parameters"]["LambdaFunctionARN"] == FAKE_ARN
+        assert block["Parameters"]["InvocationTimeLimitSeconds"] == "8"
+        assert block["Parameters"]["ResponseValidation"] == {"ResponseType": "STRING_MAP"}
+
+
+def test_every_failure_in_a_turn_apologises_then_listens_again_within_an_error_budget(chat_flow):
+    actions = actions_of(chat_flow)
+    for identifier in ("Ask", "SaveTurn", "SaveProgress", "GetNextBatch"):
+        assert errors_of(actions[identifier]) == {"NoMatchingError": "Apology"}
+    budget = actions[actions["Apology"]["Transitions"]["NextAction"]]
+
+    assert budget["Type"] == "Loop"
+    assert {c["Condition"]["Operands"][0]: c["NextAction"] for c in budget["Transitions"]["Conditions"]} == {
+        "ContinueLooping": "PromptRetry", "DoneLooping": "EndAfterErrors"}
+    assert actions["PromptRetry"]["Transitions"]["NextAction"] == "Listen"
+
+
+def test_a_lex_block_with_an_s3_prompt_is_refused(chat_flow):
+    odd = json.loads(json.dumps(chat_flow))
+    params = actions_of(odd)["Listen"]["Parameters"]
+    del params["Text"]
+    params["Media"] = {"Uri": "$.Attributes.PromptUrl", "SourceType": "S3", "MediaType": "Audio"}
+
+    with pytest.raises(FlowError, match="cannot play an S3 prompt with an Amazon Lex V2 bot"):
+        check_flow(odd)
+
+
+def test_a_dtmf_block_needs_a_static_time_limit_and_single_key_conditions(chat_flow):
+    odd = json.loads(json.dumps(chat_flow))
+    part = actions_of(odd)["PlayPart0"]
+    part["Parameters"]["InputTimeLimitSeconds"] = "$.Attributes.Wait"
+    part["Transitions"]["Conditions"][0]["Condition"]["Operands"] = ["12"]
+
+    with pytest.raises(FlowError, match="InputTimeLimitSeconds") as raised:
+        check_flow(odd)
+    assert "one static key" in str(raised.value)
+
+
+def test_a_two_question_call_answers_each_turn_in_order_then_ends_when_the_caller_goes_quiet(chat_flow):
+    first, second = urls_of("stream-1", 2), urls_of("stream-2", 7)
+    lam = ScriptedLambda(
+        chat_reply("1", "stream-1", status="complete", urls=first, next_index=2, final=True),
+        chat_reply("2", "stream-2"),  # the chatbot is still thinking: no part yet
+        reply(stream_id="stream-2", urls=second[:5], next_index=5),
+        reply(stream_id="stream-2", status="complete", urls=second[5:], next_index=7, final=True))
+    caller = Caller(questions=["What are your opening hours?", "Do you deliver?"])
+
+    report = chat_call(chat_flow, lam, first + second, caller)
+
+    ask1, ask2, more1, more2 = lambda_params(lam)
+    assert ask1 == {"Action": "chat_and_stream", "Question": "What are your opening hours?", "PreviousTurn": "",
+                    "BatchSize": "5"}
+    assert ask2 == {**ask1, "Question": "Do you deliver?", "PreviousTurn": "1"}
+    assert (more1["StreamId"], more1["NextIndex"], more2["NextIndex"]) == ("stream-2", "0", "5")
+    assert [part["url"] for part in report.parts] == first + second
+    assert [(t["question"], t["turn"], t["stream_id"], t["parts"], t["interrupted"]) for t in report.turns] == [
+        ("What are your opening hours?", "1", "stream-1", first, False),
+        ("Do you deliver?", "2", "stream-2", second, False)]
+    assert all(t["ttfa_ms"] >= 0 for t in report.turns)
+    assert report.gaps_ms[0] >= PART_WAIT_MS / FAST, "each part waits for a key before the next one"
+    assert report.messages == [
+        listen_prompt(chat_flow, "PromptFirst"), listen_prompt(chat_flow, "PromptAgain"),
+        listen_prompt(chat_flow, "PromptAgain"), listen_prompt(chat_flow, "MarkSilence"),
+        text_of(chat_flow, "EndSilentCall")]
+    assert report.ended_by == "EndCall" and report.audio_ulaw == bytes([SILENCE]) * (8 * PART_MS * 9)
+
+
+def test_a_key_press_stops_the_turn_and_the_flow_listens_again(chat_flow):
+    first, second = urls_of("stream-1", 5), urls_of("stream-2", 1)
+    lam = ScriptedLambda(chat_reply("1", "stream-1", urls=first, next_index=5),
+                         stop_reply("stream-1"),
+                         chat_reply("2", "stream-2", status="complete", urls=second, next_index=1, final=True))
+    caller = Caller(questions=["Tell me everything.", "Just the summary, please."],
+                    presses=[KeyPress(turn=0, part=1, after_ms=40)])
+
+    report = chat_call(chat_flow, lam, first + second, caller)
+
+    ask1, stop, ask2 = lambda_params(lam)
+    assert stop == {"Action": "stop", "StreamId": "stream-1"}
+    assert ask2["PreviousTurn"] == "1" and ask2["Question"] == "Just the summary, please."
+    assert [part["url"] for part in report.parts] == first[:2] + second, "nothing of the stopped turn plays later"
+    assert report.parts[1]["interrupted"] and report.parts[1]["heard_ms"] == 40
+    assert report.audio_ulaw == bytes([SILENCE]) * (8 * (PART_MS + 40 + PART_MS))
+    assert [t["interrupted"] for t in report.turns] == [True, False]
+    assert report.turns[0]["parts"] == first[:2]
+    assert report.messages[:2] == [listen_prompt(chat_flow, "PromptFirst"),
+                                   listen_prompt(chat_flow, "PromptAfterStop")]
+    at = report.path.index("StopStream")
+    assert report.path[at - 1:at + 3] == ["PlayPart1", "StopStream", "PromptAfterStop", "Listen"]
+
+
+def test_play_prompt_cannot_be_interrupted(chat_flow):
+    plain = json.loads(json.dumps(chat_flow))
+    part = actions_of(plain)["PlayPart1"]
+    part.update(Type="MessageParticipant", Parameters={"Media": part["Parameters"]["Media"]},
+                Transitions={"NextAction": "HasPart2",
+                             "Errors": [{"NextAction": "Apology", "ErrorType": "NoMatchingError"}]})
+    urls = urls_of("stream-1", 3)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls, next_index=3, final=True))
+
+    report = chat_call(plain, lam, urls, Caller(questions=["Hi?"], presses=[KeyPress(turn=0, part=1, after_ms=40)]))
+
+    assert [part["url"] for part in report.parts] == urls
+    assert "heard_ms" not in report.parts[1] and report.turns[0]["interrupted"] is False
+    assert [p["Action"] for p in lambda_params(lam)] == ["chat_and_stream"]
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("Task timed out"),
+    chat_reply(status="error", final=True, error="Question is missing."),
+    chat_reply(status="not_found", final=True, error="No such stream."),
+], ids=["lambda-raises", "status-error", "status-not-found"])
+def test_a_failed_turn_apologises_and_the_flow_listens_again(chat_flow, failure):
+    answer = urls_of("stream-2", 1)
+    lam = ScriptedLambda(failure, chat_reply("2", "stream-2", status="complete", urls=answer, next_index=1,
+                                             final=True))
+
+    report = chat_call(chat_flow, lam, answer, Caller(questions=["First?", "Second?"]))
+
+    assert report.messages[:3] == [listen_prompt(chat_flow, "PromptFirst"), text_of(chat_flow, "Apology"),
+                                   listen_prompt(chat_flow, "PromptRetry")]
+    assert [part["url"] for part in report.parts] == answer
+    assert report.turns[0]["parts"] == [] and report.turns[1]["parts"] == answer
+    assert report.ended_by == "EndCall" and "EndAfterErrors" not in report.path
+
+
+def test_a_reply_without_a_turn_keeps_the_turn_the_flow_already_has(chat_flow):
+    urls = urls_of("stream-1", 1)
+    refused = reply(status="error", final=True, error="Question is too long.")  # no turn was started
+    lam = ScriptedLambda(chat_reply("1", "stream-1", status="complete", urls=urls, next_index=1, final=True),
+                         refused, chat_reply("2", "stream-2", status="complete", final=True))
+
+    chat_call(chat_flow, lam, urls, Caller(questions=["First?", "Second?", "Third?"]))
+
+    assert [p["PreviousTurn"] for p in lambda_params(lam)] == ["", "1", "1"]
+
+
+def test_a_failed_stream_plays_its_parts_then_apologises_and_listens_again(chat_flow):
+    urls = urls_of("stream-1", 1)
+    lam = ScriptedLambda(chat_reply(status="failed", urls=urls, next_index=1, final=True, error="part 1 failed"))
+
+    report = chat_call(chat_flow, lam, urls, Caller(questions=["Anything?"]))
+
+    assert [part["url"] for part in report.parts] == urls
+    assert report.messages[1:3] == [text_of(chat_flow, "Apology"), listen_prompt(chat_flow, "PromptRetry")]
+
+
+def test_a_part_that_cannot_be_played_apologises_and_listens_again(chat_flow):
+    urls = urls_of("stream-1", 2)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls, next_index=2, final=True))
+
+    report = simulate_call(chat_flow, contact_id="contact-1", attributes={}, invoke_lambda=lam, speed=FAST,
+                           fetch_part={urls[0]: part_wav(), urls[1]: pcm16_wav()}.__getitem__,
+                           caller=Caller(questions=["Hello?"]))
+
+    assert [part["url"] for part in report.parts] == urls[:1]
+    assert report.errors[0].startswith("PlayPart1: cannot play")
+    assert text_of(chat_flow, "Apology") in report.messages and report.ended_by == "EndCall"
+
+
+def test_an_old_turn_that_was_cancelled_goes_back_to_listening_without_an_apology(chat_flow):
+    lam = ScriptedLambda(chat_reply(status="cancelled", final=True))
+
+    report = chat_call(chat_flow, lam, caller=Caller(questions=["Hello?"]))
+
+    assert report.parts == [] and text_of(chat_flow, "Apology") not in report.messages
+    assert report.messages[1] == listen_prompt(chat_flow, "PromptAgain")
+
+
+def test_three_failed_turns_end_the_call(chat_flow):
+    lam = ScriptedLambda(*[RuntimeError("throttled")] * 3)
+
+    report = chat_call(chat_flow, lam, caller=Caller(questions=[f"Question {i}?" for i in range(5)]))
+
+    assert report.lambda_invocations == 3 and len(report.turns) == 3
+    assert report.messages.count(text_of(chat_flow, "Apology")) == 3
+    assert report.path[-2:] == ["EndAfterErrors", "EndCall"]
+
+
+@pytest.mark.parametrize("silence", ["fallback", "timeout"])
+def test_a_silent_caller_is_asked_once_more_then_the_call_ends(chat_flow, silence):
+    lam = ScriptedLambda()
+
+    report = chat_call(chat_flow, lam, caller=Caller(silence=silence))
+
+    assert report.lambda_invocations == 0 and report.turns == [] and report.parts == []
+    assert report.messages == [listen_prompt(chat_flow, "PromptFirst"), listen_prompt(chat_flow, "MarkSilence"),
+                               text_of(chat_flow, "EndSilentCall")]
+    assert report.path.count("Listen") == 2 and report.ended_by == "EndCall"
+
+
+def test_a_question_resets_the_silence_count(chat_flow):
+    urls = urls_of("stream-1", 1)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls, next_index=1, final=True))
+
+    report = chat_call(chat_flow, lam, urls, Caller(questions=[None, "Are you there?"]))
+
+    assert report.messages.count(listen_prompt(chat_flow, "MarkSilence")) == 2
+    assert report.path.count("Listen") == 4 and report.ended_by == "EndCall"
+
+
+def test_saying_goodbye_ends_the_call(chat_flow):
+    urls = urls_of("stream-1", 1)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls, next_index=1, final=True))
+
+    report = chat_call(chat_flow, lam, urls, Caller(questions=["What time is it?", "Goodbye!"]))
+
+    assert len(report.turns) == 1 and report.lambda_invocations == 1
+    assert report.messages[-1] == text_of(chat_flow, "SayGoodbye")
+    assert report.path[-2:] == ["SayGoodbye", "EndCall"]
+
+
+def test_the_chat_report_is_json_with_its_turns(chat_flow):
+    urls = urls_of("stream-1", 2)
+    lam = ScriptedLambda(chat_reply(urls=urls, next_index=2), stop_reply())
+    report = chat_call(chat_flow, lam, urls, Caller(questions=["Hi?"], presses=[KeyPress(0, 0, after_ms=10)]))
+
+    data = json.loads(json.dumps(report.to_json()))
+
+    assert data["turns"] == [{"question": "Hi?", "turn": "1", "stream_id": "stream-1", "parts": urls[:1],
+                              "interrupted": True, "asked_ms": data["turns"][0]["asked_ms"],
+                              "ttfa_ms": data["turns"][0]["ttfa_ms"]}]
+    assert data["parts"][0]["heard_ms"] == 10 and data["parts"][0]["turn"] == 0
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: KeyPress(turn=0, part=0, key="A"),
+    lambda: KeyPress(turn=-1, part=0),
+    lambda: Caller(questions="one question"),
+    lambda: Caller(silence="hang up"),
+    lambda: Caller(presses=[KeyPress(0, 1), KeyPress(0, 1, after_ms=5)]),
+], ids=["key", "turn", "questions-string", "silence", "two-presses"])
+def test_a_caller_script_that_cannot_happen_is_refused(bad):
+    with pytest.raises(ValueError):
+        bad()

@@ -1,0 +1,132 @@
+"""Chatbot backends: ask a question with the conversation so far, get the answer's text.
+
+Every failure is a ChatError with a message that says what went wrong; the workflow turns it into a spoken
+apology in the stream's voice, so a caller never meets silence or a dropped call because the bot failed.
+"""
+
+import http.client
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_ANSWER_CHARS = 20000
+APOLOGY = {
+    "en": "Sorry, I couldn't get an answer just now. Please ask me again in a moment.",
+    "ko": "죄송합니다. 지금은 답변을 가져오지 못했습니다. 잠시 후에 다시 물어봐 주세요.",
+}
+
+
+class ChatError(RuntimeError):
+    """The chatbot did not give a usable answer (timeout, HTTP error, malformed reply, refused request)."""
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One earlier turn of the conversation."""
+    question: str
+    answer: str
+
+
+def bounded_history(history: list[Exchange], *, max_turns: int, max_chars: int) -> list[Exchange]:
+    """The most recent exchanges that fit both limits, oldest first: a bot gets context, never a novel."""
+    kept, size = [], 0
+    for exchange in reversed(history[-max_turns:] if max_turns > 0 else []):
+        size += len(exchange.question) + len(exchange.answer)
+        if size > max_chars:
+            break
+        kept.append(exchange)
+    return kept[::-1]
+
+
+def _answer_text(answer) -> str:
+    if not isinstance(answer, str) or not answer.strip():
+        raise ChatError("the chatbot's reply has no answer text")
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise ChatError(f"the chatbot's answer has {len(answer)} characters; the most spoken is {MAX_ANSWER_CHARS}")
+    return answer.strip()
+
+
+class HttpChat:
+    """A team's own chatbot behind HTTP. The contract is in README.md (Chatbot HTTP contract)."""
+
+    name = "http"
+
+    def __init__(self, url: str, *, timeout_s: float = 20.0, auth_header: str | None = None):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"ChatUrl {url!r} is not an http(s) URL")
+        self.url, self.parts, self.timeout_s, self.auth_header = url, parts, timeout_s, auth_header
+
+    def ask(self, question: str, history: list[Exchange], *, contact_id: str = "", language: str = "") -> str:
+        body = json.dumps({
+            "question": question,
+            "history": [{"question": e.question, "answer": e.answer} for e in history],
+            "contact_id": contact_id,
+            "language": language,
+        }, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8", "Accept": "application/json"}
+        if self.auth_header:
+            headers["Authorization"] = self.auth_header
+        connection_class = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+        kwargs = {"context": ssl.create_default_context()} if self.parts.scheme == "https" else {}
+        connection = connection_class(self.parts.hostname, self.parts.port, timeout=self.timeout_s, **kwargs)
+        path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read(MAX_ANSWER_CHARS * 4 + 4096)
+        except (socket.timeout, TimeoutError):
+            raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
+        except OSError as error:
+            raise ChatError(f"the chatbot could not be reached: {error.__class__.__name__}") from None
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise ChatError(f"the chatbot answered HTTP {response.status}: {payload[:200].decode(errors='replace')}")
+        try:
+            reply = json.loads(payload)
+        except ValueError:
+            raise ChatError("the chatbot's reply is not JSON") from None
+        return _answer_text(reply.get("answer") if isinstance(reply, dict) else None)
+
+
+class BedrockChat:
+    """Amazon Bedrock's Converse API, for teams without a bot of their own."""
+
+    name = "bedrock"
+    SYSTEM = ("You answer callers on a phone line. Reply in the caller's language (Korean or English) in a few "
+              "short spoken sentences, with no Markdown, lists or URLs.")
+
+    def __init__(self, model_id: str, *, client=None, max_tokens: int = 400):
+        if not model_id:
+            raise ValueError("BedrockModelId is empty: set it to a model id your account can invoke")
+        self.model_id, self._client, self.max_tokens = model_id, client, max_tokens
+
+    def ask(self, question: str, history: list[Exchange], *, contact_id: str = "", language: str = "") -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._client is None:
+            import boto3
+
+            self._client = boto3.client("bedrock-runtime")
+        messages = []
+        for exchange in history:
+            messages.append({"role": "user", "content": [{"text": exchange.question}]})
+            messages.append({"role": "assistant", "content": [{"text": exchange.answer}]})
+        messages.append({"role": "user", "content": [{"text": question}]})
+        try:
+            response = self._client.converse(modelId=self.model_id, messages=messages, system=[{"text": self.SYSTEM}],
+                                             inferenceConfig={"maxTokens": self.max_tokens})
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "error")
+            raise ChatError(f"Bedrock refused the question: {code}") from None
+        except BotoCoreError as error:
+            raise ChatError(f"Bedrock could not be reached: {error.__class__.__name__}") from None
+        try:
+            content = response["output"]["message"]["content"]
+            text = "".join(block.get("text", "") for block in content)
+        except (KeyError, TypeError):
+            raise ChatError("Bedrock's reply has no message") from None
+        return _answer_text(text)

@@ -1,0 +1,74 @@
+"""The conversation of one contact: its turns and what was said, one DynamoDB item per contact.
+
+Item attributes:
+    contact_id      partition key (Connect's ContactId)
+    current_turn    the newest turn started; a stream of an older turn never plays again
+    current_stream  that turn's stream id; current_hash, current_started_ms: its question, to spot a retry
+    turn_N          {question, answer} of turn N; only the last few turns are kept
+    expires_at      TTL, epoch seconds
+"""
+
+from tts_stream.chat import Exchange
+
+
+# Connect retries a Lambda within its 8-second limit: the same question again this soon is the same turn.
+RETRY_WINDOW_MS = 10_000
+
+
+class StaleTurn(ValueError):
+    """Two turns of one contact started at the same moment: the later request must not start anything."""
+
+
+def start_turn(ddb, table: str, contact_id: str, previous_turn: int, question_hash: str, *, now_ms: int,
+               ttl_hours: int) -> tuple[int, str | None]:
+    """Start the contact's next turn; return (turn, stream of the turn it replaces, to cancel).
+
+    The turn comes from the conversation itself (never below what the flow remembers), so a flow that missed a
+    reply cannot reuse a turn. The same question again within RETRY_WINDOW_MS is Connect retrying: same turn.
+    """
+    item = ddb.get_item(TableName=table, Key={"contact_id": {"S": contact_id}}, ConsistentRead=True,
+                        ProjectionExpression="current_turn, current_stream, current_hash, current_started_ms"
+                        ).get("Item", {})
+    current = int(item["current_turn"]["N"]) if "current_turn" in item else 0
+    if (item.get("current_hash", {}).get("S") == question_hash
+            and now_ms - int(item.get("current_started_ms", {}).get("N", "0")) < RETRY_WINDOW_MS):
+        return current, None
+    turn = max(current, previous_turn) + 1
+    stream_id = f"{contact_id}-t{turn}"
+    try:
+        ddb.update_item(
+            TableName=table,
+            Key={"contact_id": {"S": contact_id}},
+            UpdateExpression="SET current_turn = :t, current_stream = :s, current_hash = :h, current_started_ms = :now, "
+                             "expires_at = :exp",
+            ConditionExpression="attribute_not_exists(current_turn) OR current_turn = :old",
+            ExpressionAttributeValues={":t": {"N": str(turn)}, ":s": {"S": stream_id}, ":h": {"S": question_hash},
+                                       ":now": {"N": str(now_ms)}, ":old": {"N": str(current)},
+                                       ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}},
+        )
+    except ddb.exceptions.ConditionalCheckFailedException:
+        raise StaleTurn(f"another turn of contact {contact_id} started at the same moment") from None
+    return turn, item.get("current_stream", {}).get("S")
+
+
+def history(ddb, table: str, contact_id: str) -> list[Exchange]:
+    """Earlier exchanges of this contact, oldest first."""
+    item = ddb.get_item(TableName=table, Key={"contact_id": {"S": contact_id}}, ConsistentRead=True).get("Item", {})
+    turns = sorted((int(name[5:]), value["M"]) for name, value in item.items() if name.startswith("turn_"))
+    return [Exchange(value["question"]["S"], value["answer"]["S"]) for _, value in turns]
+
+
+def record_exchange(ddb, table: str, contact_id: str, turn: int, question: str, answer: str, *, keep_turns: int,
+                    now_ms: int, ttl_hours: int) -> None:
+    """Add this turn's exchange and drop the one that falls out of the window, in one write."""
+    names = {"#t": f"turn_{turn}"}
+    update = "SET #t = :qa, expires_at = :exp"
+    if turn - keep_turns > 0:
+        update += " REMOVE #old"
+        names["#old"] = f"turn_{turn - keep_turns}"
+    ddb.update_item(
+        TableName=table, Key={"contact_id": {"S": contact_id}},
+        UpdateExpression=update, ExpressionAttributeNames=names,
+        ExpressionAttributeValues={":qa": {"M": {"question": {"S": question}, "answer": {"S": answer}}},
+                                   ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}},
+    )

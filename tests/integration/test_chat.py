@@ -1,0 +1,114 @@
+"""Talking to the chatbot by phone: multi-turn calls through the template's chat flow, a real chatbot server
+on 127.0.0.1, a slow bot, a failing bot, and barge-in."""
+
+import threading
+import time
+
+import pytest
+
+from localcloud import chatbot, runs
+from localcloud.phone import KeyPress
+from tts_stream import chat, engines
+
+
+@pytest.fixture
+def bot(setting):
+    server, state, url = chatbot.serve()
+    setting("CHAT_URL", url)
+    yield state
+    server.shutdown()
+
+
+def spoken(turn):
+    return " ".join(turn["texts"])
+
+
+def test_a_three_turn_call_hears_every_answer_in_order_once(cloud, bot):
+    result = runs.run_chat_call(cloud, ["When will my order arrive?", "환불은 어떻게 하나요?", "What did I ask?"],
+                                speed=40)
+
+    assert result["ended_by"] == "EndCall"
+    assert [t["question"] for t in result["turns"]] == ["When will my order arrive?", "환불은 어떻게 하나요?",
+                                                        "What did I ask?"]
+    assert spoken(result["turns"][0]) == chatbot.answer_for("When will my order arrive?", [])
+    assert spoken(result["turns"][1]) == chatbot.answer_for("환불은 어떻게 하나요?", [])
+    assert spoken(result["turns"][2]) == "You asked: 환불은 어떻게 하나요?"
+    for turn in result["turns"]:
+        assert turn["status"] == "complete" and not turn["interrupted"]
+        assert turn["indexes"] == list(range(turn["total"]))  # each part once, in order
+    assert len({t["stream_id"] for t in result["turns"]}) == 3
+    # the bot got the conversation so far with each question
+    assert [len(r["history"]) for r in bot.requests] == [0, 1, 2]
+
+
+def test_a_chatbot_slower_than_connects_limit_is_still_heard(cloud, bot):
+    # Given a bot that takes 9 s, longer than Connect waits for any Lambda
+    bot.faults.append(chatbot.Fault(delay_s=9.0))
+    result = runs.run_chat_call(cloud, ["What are your opening hours?"], speed=40)
+
+    # Then every invocation answered Connect in time (a late one would take the error branch and apologise),
+    # and the caller hears the answer once it arrives
+    turn = result["turns"][0]
+    assert result["errors"] == [] and "Apology" not in result["path"]
+    assert spoken(turn) == chatbot.answer_for("What are your opening hours?", [])
+    assert turn["ttfa_ms"] >= 9000
+    assert result["lambda_invocations"] >= 4  # it kept asking, one short wait at a time
+
+
+@pytest.mark.parametrize("fault", [
+    chatbot.Fault(status=500),
+    chatbot.Fault(delay_s=2.5),
+    chatbot.Fault(body=b"<html>not json</html>"),
+    chatbot.Fault(body=b'{"reply": "wrong field"}'),
+    chatbot.Fault(drop=True),
+], ids=["5xx", "timeout", "not-json", "no-answer-field", "dropped"])
+def test_a_failing_chatbot_becomes_a_spoken_apology_and_the_call_goes_on(cloud, bot, setting, fault):
+    setting("CHAT_TIMEOUT_MS", 1000)
+    bot.faults.append(fault)
+    result = runs.run_chat_call(cloud, ["When will my order arrive?", "What are your opening hours?"], speed=40)
+
+    first, second = result["turns"]
+    assert spoken(first) == chat.APOLOGY["en"]  # in the stream's own voice, not Connect's
+    assert first["status"] == "complete"
+    assert spoken(second) == chatbot.answer_for("What are your opening hours?", [])
+    assert result["ended_by"] == "EndCall"
+
+
+def test_pressing_a_key_stops_the_answer_and_its_synthesis(cloud, bot, setting, monkeypatch):
+    # Given a slow engine (200 ms a part, two at a time) and a 40-sentence answer
+    setting("MAP_MAX_CONCURRENCY", 2)
+    setting("CHUNK_TARGET_CHARS", 60)
+    spoken_parts = []
+    lock = threading.Lock()
+    real = engines.get_engine
+
+    def slow_engine(name, settings=None):
+        engine = real(name, settings)
+        speak = engine.synthesize
+
+        def synthesize(text, voice):
+            time.sleep(0.2)
+            with lock:
+                spoken_parts.append(text)
+            return speak(text, voice)
+
+        engine.synthesize = synthesize
+        return engine
+
+    monkeypatch.setattr(engines, "get_engine", slow_engine)
+
+    # When the caller presses 1 during the second part, then asks something else
+    result = runs.run_chat_call(cloud, ["Tell me everything about your plans, a long answer please.",
+                                        "What are your opening hours?"],
+                                presses=[KeyPress(turn=0, part=1, after_ms=300)], speed=20)
+
+    first, second = result["turns"]
+    # Then nothing more of that answer plays, the stream is cancelled, and most of it was never synthesized
+    assert first["interrupted"] and first["indexes"] == [0, 1]
+    assert first["status"] == "cancelled"
+    assert first["total"] >= 30
+    answered = [t for t in spoken_parts if "sentence number" in t]
+    assert len(answered) < first["total"] / 2
+    # and the next question is answered normally
+    assert spoken(second) == chatbot.answer_for("What are your opening hours?", [])
+    assert all(i is not None for i in second["indexes"])
