@@ -30,6 +30,7 @@ def _aws() -> streams.Clients:
 @metrics.log_metrics
 def handler(event, context):
     result = streams.handle(_aws(), config.load(), event, remaining_ms=context.get_remaining_time_in_millis())
+    logger.append_keys(stream_id=result["StreamId"])  # with the contact id: both correlation ids on every line
     count = int(result["Count"])
     metrics.add_metric("BatchesServed", MetricUnit.Count, 1)
     metrics.add_metric("PartsServed", MetricUnit.Count, count)

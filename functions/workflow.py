@@ -31,6 +31,7 @@ def _now_ms() -> int:
 @metrics.log_metrics
 def plan(event, context):
     result = pipeline.plan_stream(_client("dynamodb"), config.load(), event, now_ms=_now_ms())
+    logger.append_keys(stream_id=result["stream_id"])
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
     logger.info("stream planned", stream_id=result["stream_id"], total=result["total"],
                 to_synthesize=len(result["parts"]))
@@ -61,6 +62,10 @@ def synthesize(event, context):
     result = pipeline.synthesize_part(_client("dynamodb"), _client("s3"), config.load(), event, now_ms=_now_ms)
     metrics.add_metric("PartsSynthesized", MetricUnit.Count, 1)
     metrics.add_metric("PartLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
+    metrics.add_metric("EngineLatency", MetricUnit.Milliseconds, result["engine_ms"])
+    if result["index"] == 0 and result["ready_after_ms"] is not None:
+        # What a caller waits for first: from the stream's start to its first part being playable.
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, result["ready_after_ms"])
     logger.info("part ready", stream_id=result["stream_id"], index=result["index"], bytes=result["bytes"])
     return result
 

@@ -5,6 +5,7 @@ finish. The Lambda handlers in functions/workflow.py only pass events and client
 import hashlib
 import json
 import re
+import time
 from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -100,7 +101,7 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
     parts = [
         {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
          "language": planned.language, "engine_settings": planned.engine_settings,
-         "cache_key": keys[i] if keys else ""}
+         "cache_key": keys[i] if keys else "", "created_ms": planned.created_ms}
         for i, t in enumerate(todo)
         if i not in planned.ready
     ]
@@ -138,7 +139,9 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
         raise InvalidInput(f"part {index} of stream {stream_id} has no text")
     pinned = part.get("engine_settings") if isinstance(part.get("engine_settings"), dict) else {}
     engine = engines.get_engine(part.get("engine") or "", engines.pinned_settings(settings, pinned))
+    engine_started = time.perf_counter()
     speech = engine.synthesize(text.strip(), part.get("voice") or "")
+    engine_ms = (time.perf_counter() - engine_started) * 1000
     wav = audio.to_connect_wav(speech.pcm16, speech.sample_rate)
     key = part_key(stream_id, index)
     cache_key = part.get("cache_key") or ""
@@ -154,7 +157,10 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
         marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
-    return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav)}
+    ready_ms = now_ms()
+    created = part.get("created_ms")
+    return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav), "engine_ms": round(engine_ms, 1),
+            "ready_after_ms": ready_ms - created if isinstance(created, int) and created > 0 else None}
 
 
 def failure_message(failure) -> str:

@@ -1,0 +1,59 @@
+"""Metrics a caller's experience maps to: emitted by the handlers as EMF, and the same names on the template's
+dashboard and alarms, so nothing on the dashboard is a metric nobody sends."""
+
+import json
+import re
+from pathlib import Path
+
+from localcloud import runs
+from localcloud import template as cfn
+
+ROOT = Path(__file__).resolve().parents[2]
+CALLER_METRICS = {"TimeToFirstPart", "PartsSynthesized", "EngineLatency", "BatchesServed", "Finals",
+                  "StreamsCompleted", "PartsServed"}
+
+
+def emitted_metrics(output: str) -> dict[str, set[str]]:
+    """Metric names per namespace in the EMF blobs Powertools printed (threads may share a line)."""
+    found: dict[str, set[str]] = {}
+    decoder, position = json.JSONDecoder(), 0
+    while (start := output.find('{"_aws"', position)) != -1:
+        blob, position = decoder.raw_decode(output, start)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            assert ["service"] in directive["Dimensions"] and blob["service"] == "connect-tts-stream"
+            found.setdefault(directive["Namespace"], set()).update(m["Name"] for m in directive["Metrics"])
+    return found
+
+
+def template_metrics() -> set[str]:
+    """Our own metrics that the dashboard shows or an alarm watches."""
+    loaded = cfn.load(ROOT / "template.yaml")
+    for logical_id in loaded.body["Resources"]:
+        loaded.physical[logical_id] = {"Ref": logical_id, "Arn": f"arn:aws:x:us-east-1:123456789012:{logical_id}"}
+    names = set()
+    body = json.loads(loaded.resolve(loaded.body["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    for widget in body["widgets"]:
+        namespace = metric = None
+        for row in widget["properties"]["metrics"]:  # "." repeats the value of the row above
+            namespace = namespace if row[0] == "." else row[0]
+            metric = metric if row[1] == "." or isinstance(row[1], dict) else row[1]
+            if namespace == "ConnectTtsStream":
+                names.add(metric)
+    for resource in loaded.resources("AWS::CloudWatch::Alarm").values():
+        if resource["Properties"].get("Namespace") == "ConnectTtsStream":
+            names.add(resource["Properties"]["MetricName"])
+    return names
+
+
+def test_a_call_emits_the_metrics_a_callers_experience_maps_to(cloud, capfd):
+    result = runs.run_call(cloud, "Metrics are emitted as structured logs. Every call counts.", speed=50)
+    assert result["final"]
+    emitted = emitted_metrics(capfd.readouterr().out)
+    assert CALLER_METRICS <= emitted["ConnectTtsStream"]
+
+
+def test_every_metric_on_the_dashboard_and_alarms_is_one_the_handlers_emit():
+    handlers = (ROOT / "functions" / "workflow.py").read_text() + (ROOT / "functions" / "connect.py").read_text()
+    emitted = set(re.findall(r'add_metric\("(\w+)"', handlers)) | {"StreamsFailed", "StreamsCompleted"}
+    assert template_metrics() <= emitted
+    assert {"TimeToFirstPart", "StreamsFailed"} <= template_metrics()
