@@ -25,7 +25,7 @@ def _aws() -> streams.Clients:
     return _clients
 
 
-@logger.inject_lambda_context(correlation_id_path="Details.ContactData.ContactId")
+@logger.inject_lambda_context(correlation_id_path="Details.ContactData.ContactId", clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event, context):

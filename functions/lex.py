@@ -21,7 +21,7 @@ def close(event: dict) -> dict:
     return {"sessionState": {"sessionAttributes": attributes, "dialogAction": {"type": "Close"}, "intent": intent}}
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 def handler(event, context):
     response = close(event)
     logger.info("question heard", heard=response["sessionState"]["sessionAttributes"]["Heard"])

@@ -26,19 +26,21 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def plan(event, context):
     result = pipeline.plan_stream(_client("dynamodb"), config.load(), event, now_ms=_now_ms())
     logger.append_keys(stream_id=result["stream_id"])
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
+    if result["first_part_cached"]:
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, 0)  # ready with the plan itself
     logger.info("stream planned", stream_id=result["stream_id"], total=result["total"],
                 to_synthesize=len(result["parts"]))
     return result
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def ask(event, context):
@@ -48,13 +50,13 @@ def ask(event, context):
     if result["chat_error"]:
         metrics.add_metric("ChatFailures", MetricUnit.Count, 1)
         logger.warning("chatbot failed; the caller hears an apology", stream_id=result["stream_id"],
-                       error=result["chat_error"])
+                       error=result["chat_error"])  # says how it failed (status, timeout), never what was said
     else:
         logger.info("chatbot answered", stream_id=result["stream_id"], answer_chars=len(result["text"]))
     return result
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def synthesize(event, context):
@@ -64,27 +66,31 @@ def synthesize(event, context):
     metrics.add_metric("PartLatency", MetricUnit.Milliseconds, (time.perf_counter() - started) * 1000)
     metrics.add_metric("EngineLatency", MetricUnit.Milliseconds, result["engine_ms"])
     if result["index"] == 0 and result["ready_after_ms"] is not None:
-        # What a caller waits for first: from the stream's start to its first part being playable.
+        # What a caller waits for first, once the answer's text is known: from plan to first playable part
+        # (a chatbot's thinking time is ChatLatency, measured on its own).
         metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, result["ready_after_ms"])
     logger.info("part ready", stream_id=result["stream_id"], index=result["index"], bytes=result["bytes"])
     return result
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def record_failure(event, context):
     result = pipeline.record_failure(_client("dynamodb"), config.load(), event)
-    metrics.add_metric("PartFailures", MetricUnit.Count, 1)
+    # A part's failure, or (no index) the whole stream failing outside any part.
+    metrics.add_metric("PartFailures" if isinstance(result.get("index"), int) else "StreamsFailed", MetricUnit.Count, 1)
     logger.warning("failure recorded", **result)
     return result
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def finish(event, context):
     result = pipeline.finish_stream(_client("dynamodb"), config.load(), event)
-    metrics.add_metric("StreamsFailed" if result["status"] == "failed" else "StreamsCompleted", MetricUnit.Count, 1)
+    metrics.add_metric({"failed": "StreamsFailed", "cancelled": "StreamsCancelled"}.get(result["status"],
+                                                                                     "StreamsCompleted"),
+                       MetricUnit.Count, 1)
     logger.info("stream finished", **result)
     return result

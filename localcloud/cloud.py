@@ -57,7 +57,11 @@ class LocalFunction:
             sys.path.insert(0, str(self.code_dir))
         handler = getattr(importlib.import_module(module_name), attribute)
         self.invocations += 1
-        return handler(event, LocalContext(self.name, self.memory_mb, self.timeout_s))
+        _running.logical_id = self.logical_id
+        try:
+            return handler(event, LocalContext(self.name, self.memory_mb, self.timeout_s))
+        finally:
+            _running.logical_id = None
 
 
 def _lambda_error(error: BaseException) -> bytes:
@@ -95,16 +99,25 @@ def _patch_moto_lambda():
     _patched = True
 
 
+_running = threading.local()  # which function's handler this thread is running, if any
+
+
 class AwsCalls:
-    """Counts the AWS requests our functions (and the workflow engine) make, per service operation."""
+    """Counts the AWS requests our functions (and the workflow engine) make, per service operation, and
+    which operations each function made (to check them against its IAM policy)."""
 
     def __init__(self):
         self.counts: Counter[str] = Counter()
+        self.by_function: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, model, **kwargs):
+        operation = f"{model.service_model.service_name}.{model.name}"
+        function = getattr(_running, "logical_id", None)
         with self._lock:
-            self.counts[f"{model.service_model.service_name}.{model.name}"] += 1
+            self.counts[operation] += 1
+            if function:
+                self.by_function.setdefault(function, set()).add(operation)
 
     def snapshot(self) -> Counter[str]:
         with self._lock:

@@ -84,7 +84,8 @@ class HttpChat:
         finally:
             connection.close()
         if response.status != 200:
-            raise ChatError(f"the chatbot answered HTTP {response.status}: {payload[:200].decode(errors='replace')}")
+            # Not the body: a bot's error page often repeats the question, and this message is logged.
+            raise ChatError(f"the chatbot answered HTTP {response.status}")
         try:
             reply = json.loads(payload)
         except ValueError:

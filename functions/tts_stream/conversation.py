@@ -24,15 +24,16 @@ def start_turn(ddb, table: str, contact_id: str, previous_turn: int, question_ha
     """Start the contact's next turn; return (turn, stream of the turn it replaces, to cancel).
 
     The turn comes from the conversation itself (never below what the flow remembers), so a flow that missed a
-    reply cannot reuse a turn. The same question again within RETRY_WINDOW_MS is Connect retrying: same turn.
+    reply cannot reuse a turn. The same question again within RETRY_WINDOW_MS, from a flow that has not yet
+    seen that turn, is Connect retrying: same turn. Asked again after hearing the answer, it is a new turn.
     """
     item = ddb.get_item(TableName=table, Key={"contact_id": {"S": contact_id}}, ConsistentRead=True,
                         ProjectionExpression="current_turn, current_stream, current_hash, current_started_ms"
                         ).get("Item", {})
     current = int(item["current_turn"]["N"]) if "current_turn" in item else 0
-    if (item.get("current_hash", {}).get("S") == question_hash
+    if (previous_turn < current and item.get("current_hash", {}).get("S") == question_hash
             and now_ms - int(item.get("current_started_ms", {}).get("N", "0")) < RETRY_WINDOW_MS):
-        return current, None
+        return current, None  # the flow never got the reply for `current`: Connect is retrying that request
     turn = max(current, previous_turn) + 1
     stream_id = f"{contact_id}-t{turn}"
     try:
@@ -60,15 +61,21 @@ def history(ddb, table: str, contact_id: str) -> list[Exchange]:
 
 def record_exchange(ddb, table: str, contact_id: str, turn: int, question: str, answer: str, *, keep_turns: int,
                     now_ms: int, ttl_hours: int) -> None:
-    """Add this turn's exchange and drop the one that falls out of the window, in one write."""
+    """Add this turn's exchange and drop the one that falls out of the window, in one write; not if a newer
+    turn has started meanwhile (the caller moved on and never heard this answer)."""
     names = {"#t": f"turn_{turn}"}
     update = "SET #t = :qa, expires_at = :exp"
     if turn - keep_turns > 0:
         update += " REMOVE #old"
         names["#old"] = f"turn_{turn - keep_turns}"
-    ddb.update_item(
-        TableName=table, Key={"contact_id": {"S": contact_id}},
-        UpdateExpression=update, ExpressionAttributeNames=names,
-        ExpressionAttributeValues={":qa": {"M": {"question": {"S": question}, "answer": {"S": answer}}},
-                                   ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}},
-    )
+    try:
+        ddb.update_item(
+            TableName=table, Key={"contact_id": {"S": contact_id}},
+            UpdateExpression=update, ExpressionAttributeNames=names,
+            ConditionExpression="attribute_not_exists(current_turn) OR current_turn = :turn",
+            ExpressionAttributeValues={":qa": {"M": {"question": {"S": question}, "answer": {"S": answer}}},
+                                       ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
+                                       ":turn": {"N": str(turn)}},
+        )
+    except ddb.exceptions.ConditionalCheckFailedException:
+        pass

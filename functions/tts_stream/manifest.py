@@ -135,17 +135,25 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
 
 
 def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int) -> bool:
-    """True for exactly one caller when a stream is still `starting` and its last start attempt is old: the
-    first attempt may have died before its workflow ran, so one retry may start it again."""
+    """True for exactly one caller when a stream is still `starting`, its workflow was never started and its
+    last start attempt is old: that attempt died before StartExecution, so one retry may start it again. (A
+    started chat workflow stays `starting` while the bot thinks; it must not be started twice.)"""
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET start_attempt_ms = :now",
-        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff",
+        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff "
+                               "AND attribute_not_exists(workflow_started)",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {":starting": {"S": STATUS_STARTING}, ":now": {"N": str(now_ms)},
                                       ":cutoff": {"N": str(now_ms - RESTART_AFTER_MS)}},
     })
+
+
+def workflow_started(ddb, table: str, stream_id: str) -> None:
+    """StartExecution succeeded: retries must not start another workflow for this stream."""
+    ddb.update_item(TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="SET workflow_started = :t",
+                    ExpressionAttributeValues={":t": {"BOOL": True}})
 
 
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,

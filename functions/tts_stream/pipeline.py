@@ -89,7 +89,8 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
     identity = engine.identity()
     keys = [cache.key_for(settings.tts_engine, identity, voice, t) for t in texts] if settings.prompt_cache else []
     with aws_errors_as_retryable():
-        hits = cache.lookup(ddb, settings.cache_table, keys, now_ms=now_ms) if keys else set()
+        hits = cache.lookup(ddb, settings.cache_table, keys, now_ms=now_ms,
+                            retention_days=settings.cache_retention_days) if keys else set()
         planned = manifest.plan(
             ddb, settings.table_name, stream_id, content_hash,
             texts=texts, engine=settings.tts_engine, voice=voice, language=language,
@@ -98,15 +99,18 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         )
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
+    # Cache keys come from what the manifest pinned, not from this run: a repeated plan (a second workflow
+    # for the same stream) may have been given other text, and must not file one text's audio under another's.
     parts = [
         {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
          "language": planned.language, "engine_settings": planned.engine_settings,
-         "cache_key": keys[i] if keys else "", "created_ms": planned.created_ms}
+         "cache_key": cache.key_for(planned.engine, planned.engine_settings, planned.voice, t) if keys else "",
+         "planned_ms": now_ms}
         for i, t in enumerate(todo)
         if i not in planned.ready
     ]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts,
-            "max_concurrency": settings.map_max_concurrency}
+            "max_concurrency": settings.map_max_concurrency, "first_part_cached": 0 in planned.keys}
 
 
 @contextmanager
@@ -157,10 +161,9 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
         marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
-    ready_ms = now_ms()
-    created = part.get("created_ms")
+    planned = part.get("planned_ms")
     return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav), "engine_ms": round(engine_ms, 1),
-            "ready_after_ms": ready_ms - created if isinstance(created, int) and created > 0 else None}
+            "ready_after_ms": now_ms() - planned if isinstance(planned, int) and planned > 0 else None}
 
 
 def failure_message(failure) -> str:

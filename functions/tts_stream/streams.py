@@ -121,6 +121,7 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
             name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
             input=json.dumps({**workflow_input, "input_hash": content_hash}, ensure_ascii=False),
         )
+        manifest.workflow_started(clients.ddb, settings.table_name, stream_id)
 
 
 def start_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:

@@ -136,3 +136,25 @@ def test_the_workflow_does_not_log_the_callers_words_by_default(template):
     machine = template.body["Resources"]["SynthesisStateMachine"]["Properties"]
     assert machine["Type"] == "EXPRESS"
     json.loads((ROOT / machine["DefinitionUri"]).read_text())
+
+
+# botocore's service names where IAM's prefix differs
+_IAM_PREFIX = {"stepfunctions": "states", "bedrock-runtime": "bedrock"}
+
+
+def test_every_aws_call_a_function_made_in_the_test_run_is_allowed_by_its_policy(cloud):
+    """localcloud does not enforce IAM, so this checks what it saw: each operation a function called (in
+    this session's runs; this test runs after the integration tests) is an action its policy allows."""
+    from localcloud import runs
+
+    runs.run_call(cloud, "Policies must allow what the code does. Every call is checked.", speed=50)
+    loaded = cfn.load(ROOT / "template.yaml", EVERY_OPTION)
+    for logical_id in loaded.body["Resources"]:
+        loaded.physical[logical_id] = {"Ref": logical_id, "Arn": f"arn:aws:x:us-east-1:123456789012:{logical_id}"}
+    assert cloud.aws_calls.by_function, "no function made an AWS call in this session"
+    for logical_id, operations in cloud.aws_calls.by_function.items():
+        policies = loaded.resolve(loaded.body["Resources"][logical_id]["Properties"].get("Policies", []))
+        allowed = {a for p in policies for st in p["Statement"]
+                   for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
+        needed = {f"{_IAM_PREFIX.get(op.split('.')[0], op.split('.')[0])}:{op.split('.')[1]}" for op in operations}
+        assert needed <= allowed, f"{logical_id} calls {sorted(needed - allowed)} but its policy does not allow it"

@@ -52,6 +52,23 @@ def test_a_call_emits_the_metrics_a_callers_experience_maps_to(cloud, capfd):
     assert CALLER_METRICS <= emitted["ConnectTtsStream"]
 
 
+def test_failures_emit_the_metrics_the_alarms_watch(cloud, capfd, setting):
+    from localcloud import chatbot, faults
+
+    server, bot, url = chatbot.serve()
+    setting("CHAT_URL", url)
+    bot.faults.append(chatbot.Fault(status=500, delay_s=1.5))  # slow to fail: the flow first gets empty batches
+    setting("START_WAIT_MS", 500)
+    try:
+        with faults.engine_faults(faults.EngineFault("cannot be spoken", permanent=True)):
+            runs.run_stream(cloud, "This part cannot be spoken at all.", language="en")
+        runs.run_chat_call(cloud, ["When will my order arrive?"], speed=50)
+    finally:
+        server.shutdown()
+    emitted = emitted_metrics(capfd.readouterr().out)["ConnectTtsStream"]
+    assert {"PartFailures", "StreamsFailed", "ChatFailures", "ChatLatency", "EmptyBatches"} <= emitted
+
+
 def test_every_metric_on_the_dashboard_and_alarms_is_one_the_handlers_emit():
     handlers = (ROOT / "functions" / "workflow.py").read_text() + (ROOT / "functions" / "connect.py").read_text()
     emitted = set(re.findall(r'add_metric\("(\w+)"', handlers)) | {"StreamsFailed", "StreamsCompleted"}

@@ -1,0 +1,89 @@
+"""Turns of a conversation in the real conversation table: retries, re-asked questions, concurrent turns and
+the history the bot is sent; and the prompt cache keeping one text's audio under that text's key only."""
+
+import time
+import uuid
+
+import pytest
+
+from tts_stream import cache, conversation, manifest, pipeline
+from tts_stream.config import load as load_settings
+
+
+def now_ms():
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def talk(cloud):
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ConversationTable")
+    contact = str(uuid.uuid4())
+
+    def start(previous, question, at=None):
+        return conversation.start_turn(ddb, table, contact, previous, question, now_ms=at or now_ms(), ttl_hours=1)
+
+    start.ddb, start.table, start.contact = ddb, table, contact
+    return start
+
+
+def test_a_retried_request_is_the_same_turn_but_a_question_asked_again_is_a_new_one(talk):
+    assert talk(0, "h-yes") == (1, None)
+    # Connect retries the same request (the flow has not seen turn 1 yet): the same turn, nothing cancelled
+    assert talk(0, "h-yes") == (1, None)
+    # The caller heard turn 1 and says the same thing again: a new turn, which replaces turn 1
+    assert talk(1, "h-yes") == (2, f"{talk.contact}-t1")
+
+
+def test_a_flow_that_missed_a_reply_still_gets_a_fresh_turn(talk):
+    assert talk(0, "h-first") == (1, None)
+    # the flow never stored Turn 1 and asks something else: turn 2, not a reuse of turn 1
+    assert talk(0, "h-second") == (2, f"{talk.contact}-t1")
+
+
+def test_an_answer_is_not_remembered_once_a_newer_turn_has_started(talk):
+    talk(0, "h-a")
+    talk(1, "h-b")
+    conversation.record_exchange(talk.ddb, talk.table, talk.contact, 1, "old question", "old answer", keep_turns=6,
+                                 now_ms=now_ms(), ttl_hours=1)
+    conversation.record_exchange(talk.ddb, talk.table, talk.contact, 2, "new question", "new answer", keep_turns=6,
+                                 now_ms=now_ms(), ttl_hours=1)
+    assert [e.question for e in conversation.history(talk.ddb, talk.table, talk.contact)] == ["new question"]
+
+
+def test_history_keeps_only_the_last_turns(talk):
+    for turn in range(1, 9):
+        talk(turn - 1, f"h-{turn}")
+        conversation.record_exchange(talk.ddb, talk.table, talk.contact, turn, f"q{turn}", f"a{turn}", keep_turns=3,
+                                     now_ms=now_ms(), ttl_hours=1)
+    assert [e.question for e in conversation.history(talk.ddb, talk.table, talk.contact)] == ["q6", "q7", "q8"]
+
+
+def test_cache_keys_differ_by_engine_settings_voice_and_text_but_not_spacing():
+    base = cache.key_for("polly", {"engine_type": "neural", "sample_rate": "8000"}, "Joanna", "Hello there.")
+    assert base == cache.key_for("polly", {"sample_rate": "8000", "engine_type": "neural"}, "Joanna", " Hello  there. ")
+    assert base != cache.key_for("polly", {"engine_type": "standard", "sample_rate": "8000"}, "Joanna", "Hello there.")
+    assert base != cache.key_for("polly", {"engine_type": "neural", "sample_rate": "8000"}, "Matthew", "Hello there.")
+    assert base != cache.key_for("http", {"url": "https://tts.example/a"}, "Joanna", "Hello there.")
+    assert base != cache.key_for("polly", {"engine_type": "neural", "sample_rate": "8000"}, "Joanna", "Hello there!")
+
+
+def test_a_second_plan_with_other_text_files_parts_under_the_pinned_texts_keys(cloud, stream_id):
+    ddb, settings = cloud.client("dynamodb"), load_settings()
+    first = pipeline.plan_stream(ddb, settings, {"stream_id": stream_id, "text": "Your order arrives on Monday.",
+                                                 "input_hash": "e" * 64}, now_ms=now_ms())
+    second = pipeline.plan_stream(ddb, settings, {"stream_id": stream_id, "text": "We are open nine to five.",
+                                                  "input_hash": "e" * 64}, now_ms=now_ms())
+    pinned = manifest.read(ddb, cloud.physical("ManifestTable"), stream_id, with_texts=True)
+    for part in second["parts"]:
+        assert part["text"] == pinned.texts[part["index"]]
+        assert part["cache_key"] == cache.key_for(pinned.engine, pinned.engine_settings, pinned.voice, part["text"])
+    assert [p["cache_key"] for p in second["parts"]] == [p["cache_key"] for p in first["parts"]]
+
+
+def test_a_cache_entry_is_not_trusted_past_the_retention_now_in_force(cloud):
+    ddb, table = cloud.client("dynamodb"), cloud.physical("CacheTable")
+    key = uuid.uuid4().hex
+    written = now_ms() - 10 * 86_400_000  # ten days ago
+    cache.remember(ddb, table, key, now_ms=written, retention_days=30)
+    assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=30) == {key}
+    assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=7) == set()
