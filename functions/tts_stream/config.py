@@ -45,6 +45,8 @@ class Settings:
     tts_auth_secret: str = ""
     tts_connect_timeout_ms: int = 2000
     tts_read_timeout_ms: int = 10000
+    # ConnectFunction speaks part 0 itself while the workflow starts (espeak and polly engines).
+    inline_first_part: bool = True
     # Prompt cache (issue 4).
     prompt_cache: bool = True
     cache_table: str = ""
@@ -97,6 +99,7 @@ def load(env=None) -> Settings:
         tts_auth_secret=env.get("TTS_AUTH_SECRET", ""),
         tts_connect_timeout_ms=_int(env, "TTS_CONNECT_TIMEOUT_MS", 2000),
         tts_read_timeout_ms=_int(env, "TTS_READ_TIMEOUT_MS", 10000),
+        inline_first_part=env.get("INLINE_FIRST_PART", "true").lower() == "true",
         prompt_cache=env.get("PROMPT_CACHE", "true").lower() == "true",
         cache_table=env.get("CACHE_TABLE", ""),
         cache_retention_days=_int(env, "CACHE_RETENTION_DAYS", 30),

@@ -7,8 +7,8 @@ Item attributes:
     total           number of parts (once planned)
     engine, voice, language   pinned when the stream is planned: every part uses exactly these
     engine_settings the engine's settings that shape its audio (Polly engine type, TTS server URL), pinned too
-    keys            map of part index -> S3 key for parts served from the prompt cache (others live under
-                    streams/STREAM_ID/)
+    keys            map of part index -> the S3 key it plays from: its own object under streams/STREAM_ID/,
+                    or a prompt-cache object; set with its ready mark, by whoever marks it first
     texts           the chunk text of each part (read only when asked for: batches never need it)
     ready           map of part index -> epoch ms when it became ready (a map key is one ready mark, however
                     often a part is delivered)
@@ -20,6 +20,7 @@ Every write is a single conditional UpdateItem, so concurrent and repeated deliv
 
 from dataclasses import dataclass, field
 
+from tts_stream.config import part_key
 from tts_stream.errors import StreamConflict
 
 STATUS_STARTING = "starting"
@@ -118,9 +119,9 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :empty",
+                            "expires_at = :exp, #ready = :empty, #keys = :empty",
         "ConditionExpression": "attribute_not_exists(stream_id)",
-        "ExpressionAttributeNames": {"#status": "status", "#ready": "ready"},
+        "ExpressionAttributeNames": {"#status": "status", "#ready": "ready", "#keys": "keys"},
         "ExpressionAttributeValues": {
             ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}},
@@ -156,44 +157,65 @@ def workflow_started(ddb, table: str, stream_id: str) -> None:
                     ExpressionAttributeValues={":t": {"BOOL": True}})
 
 
+# Cached parts are marked one path each in the plan's single write; an UpdateExpression has room for this many.
+MAX_CACHED_MARKS = 100
+
+
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
          language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
          cached: dict[int, str] | None = None) -> Manifest:
     """Record the parts and pin engine and voice; return the manifest as it now stands.
 
-    A stream planned before with the same input (the workflow delivered twice) keeps what it has, pinned
-    voice and ready parts included, so a second run only fills in what is missing. Parts found in the prompt
-    cache (`cached`: index -> S3 key) are ready with this one write.
+    One UpdateItem on the stream that ConnectFunction began. Parts found in the prompt cache (`cached`: index
+    -> S3 key) are made ready in that same write; ready marks made before it (part 0, spoken by ConnectFunction
+    while the workflow started) are kept. A stream planned before with the same input (the workflow delivered
+    twice) keeps what it has, so a second run only fills in what is missing. A workflow started directly,
+    without ConnectFunction, begins its stream here first.
     """
-    cached = cached or {}
-    first_time = _conditional(ddb, {
+    cached = dict(sorted((cached or {}).items())[:MAX_CACHED_MARKS])
+    names = {n: _NAMES[n] for n in ("#status", "#total", "#texts", "#engine", "#voice", "#language")}
+    marks, keys = [], {}
+    if cached:
+        names.update({"#ready": "ready", "#keys": "keys"})
+    for i, key in cached.items():
+        # A part made ready before the plan keeps its own mark and key: its URL must not change under a retry.
+        names[f"#c{i}"] = str(i)
+        keys[f":k{i}"] = {"S": key}
+        marks.append(f"#ready.#c{i} = if_not_exists(#ready.#c{i}, :now), #keys.#c{i} = if_not_exists(#keys.#c{i}, :k{i})")
+    request = {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET #status = :streaming, input_hash = :h, #total = :total, #texts = :texts, "
-                            "#engine = :engine, #voice = :voice, #language = :language, engine_settings = :settings, "
-                            "created_ms = if_not_exists(created_ms, :now), expires_at = if_not_exists(expires_at, :exp), "
-                            "#ready = :ready, #keys = :keys",
-        "ConditionExpression": "attribute_not_exists(stream_id) OR (input_hash = :h AND #status = :starting)",
-        "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#total", "#texts", "#engine", "#voice",
-                                                             "#language", "#ready", "#keys")},
+        "UpdateExpression": ", ".join([
+            "SET #status = :streaming, #total = :total, #texts = :texts, #engine = :engine, #voice = :voice, "
+            "#language = :language, engine_settings = :settings", *marks]),
+        "ConditionExpression": "input_hash = :h AND #status = :starting",
+        "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": {
             ":streaming": {"S": STATUS_STREAMING}, ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash},
             ":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
             ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
             ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}},
-            ":now": {"N": str(now_ms)}, ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
-            ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
-            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
+            **keys,
+            **({":now": {"N": str(now_ms)}} if cached else {}),
         },
-    })
-    manifest = read(ddb, table, stream_id, with_texts=True)
-    if not first_time and (manifest is None or manifest.input_hash != input_hash):
+        "ReturnValues": "ALL_NEW",
+    }
+    try:
+        return _from_item(ddb.update_item(**request)["Attributes"])
+    except ddb.exceptions.ConditionalCheckFailedException:
+        pass
+    existing = read(ddb, table, stream_id, with_texts=True)
+    if existing is None:
+        begin(ddb, table, stream_id, input_hash, now_ms=now_ms, ttl_hours=ttl_hours)
+        return plan(ddb, table, stream_id, input_hash, texts=texts, engine=engine, voice=voice, language=language,
+                    now_ms=now_ms, ttl_hours=ttl_hours, engine_settings=engine_settings, cached=cached)
+    if existing.input_hash != input_hash:
         raise _conflict(stream_id)
-    return manifest
+    return existing  # planned before (or failed, or cancelled): nothing to change
 
 
-def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int) -> bool:
-    """One ready mark per part: a repeated delivery keeps the first mark and its time.
+def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int, key: str = "") -> bool:
+    """One ready mark per part, with the S3 key it plays from: a repeated delivery keeps the first mark.
 
     False when the stream was cancelled (or no longer exists): the part must not play, and the workflow
     should stop synthesizing the rest.
@@ -201,10 +223,24 @@ def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int) -> b
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now)",
+        "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now), #keys.#i = if_not_exists(#keys.#i, :key)",
         "ConditionExpression": "attribute_exists(stream_id) AND #status <> :cancelled",
-        "ExpressionAttributeNames": {"#ready": "ready", "#i": str(index), "#status": "status"},
-        "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":cancelled": {"S": STATUS_CANCELLED}},
+        "ExpressionAttributeNames": {"#ready": "ready", "#keys": "keys", "#i": str(index), "#status": "status"},
+        "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":key": {"S": key or part_key(stream_id, index)},
+                                      ":cancelled": {"S": STATUS_CANCELLED}},
+    })
+
+
+def mark_cached(ddb, table: str, stream_id: str, index: int, key: str, *, now_ms: int) -> bool:
+    """Make a part ready from the prompt cache before the stream is planned (the plan then lists it too)."""
+    return _conditional(ddb, {
+        "TableName": table,
+        "Key": {"stream_id": {"S": stream_id}},
+        "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now), #keys.#i = if_not_exists(#keys.#i, :key)",
+        "ConditionExpression": "#status = :starting",
+        "ExpressionAttributeNames": {"#ready": "ready", "#keys": "keys", "#i": str(index), "#status": "status"},
+        "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":key": {"S": key},
+                                      ":starting": {"S": STATUS_STARTING}},
     })
 
 

@@ -158,12 +158,30 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
                           ContentType="audio/wav")
             cache.remember(ddb, settings.cache_table, cache_key, now_ms=now_ms(),
                            retention_days=settings.cache_retention_days)
-        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms())
+        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
     planned = part.get("planned_ms")
     return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav), "engine_ms": round(engine_ms, 1),
             "ready_after_ms": now_ms() - planned if isinstance(planned, int) and planned > 0 else None}
+
+
+# Engines fast and bounded enough to speak on Connect's 8-second path (an HTTP server's timeout is its own).
+INLINE_ENGINES = ("espeak", "polly")
+
+
+def first_part(settings: Settings, text: str, voice: str, language: str) -> dict:
+    """Part 0 of a stream as Plan will make it (same chunker, same settings), with the voice resolved, so
+    ConnectFunction can speak it while the workflow is still starting."""
+    texts = chunking.split_for_speech(text, first_max=settings.first_chunk_max_chars,
+                                      target=settings.chunk_target_chars, max_len=settings.chunk_max_chars)
+    engine = engines.get_engine(settings.tts_engine, settings)
+    language, voice = choose_voice(text, voice, language, settings, engine)
+    identity = engine.identity()
+    text0 = texts[0] if texts else ""
+    return {"index": 0, "text": text0, "engine": settings.tts_engine, "voice": voice, "language": language,
+            "engine_settings": identity,
+            "cache_key": cache.key_for(settings.tts_engine, identity, voice, text0) if settings.prompt_cache else ""}
 
 
 def failure_message(failure) -> str:

@@ -13,12 +13,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tts_stream import batches, conversation, manifest, pipeline
+from tts_stream import batches, cache, conversation, manifest, pipeline
 from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id, part_key
 from tts_stream.errors import InvalidInput, StreamConflict
 
+logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
+metrics = Metrics()  # Powertools shares one metric set per process: the handler's log_metrics flushes these
 ACTIONS = ("start_stream", "chat_and_stream", "get_next_batch", "stop")
 # Stop waiting this long before the Lambda's own deadline: the reply must still reach Connect.
 _REPLY_MARGIN_MS = 500
@@ -108,7 +112,26 @@ def _batch_reply(clients, settings, waited, batch_size, **extra):
     return reply(batch, urls, batch_size, **extra)
 
 
-def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock):
+def _speak_first_part(clients, settings, stream_id: str, first: dict, *, clock) -> None:
+    """Speak part 0 here, before the workflow starts: the caller's first words then wait for one engine call,
+    one S3 write and one manifest write, not for Step Functions and two Lambda invocations. The workflow's plan
+    sees part 0 ready and does not speak it again; if this fails, the workflow speaks it as any other part."""
+    started = clock.now_ms()
+    try:
+        key = first["cache_key"]
+        if key and cache.lookup(clients.ddb, settings.cache_table, [key], now_ms=started,
+                                retention_days=settings.cache_retention_days):
+            manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, cache.object_key(key), now_ms=started)
+        else:
+            pipeline.synthesize_part(clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id},
+                                     now_ms=clock.now_ms)
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, clock.now_ms() - started)
+    except Exception:  # the workflow is the path that records failures; this is only a head start
+        logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+
+
+def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
+                     first: dict | None = None):
     """Create the stream and start its workflow once, however often Connect retries the request."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
                                     now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
@@ -116,6 +139,8 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms())):
+        if created and first is not None:
+            _speak_first_part(clients, settings, stream_id, first, clock=clock)
         clients.sfn.start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
@@ -137,12 +162,17 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
         # A retried start (same contact, same answer) maps to the same stream; a new answer to a new one.
         stream_id = f"{request.contact_id}-{content_hash[:12]}"
     check_stream_id(stream_id)
+    first = None
+    if settings.inline_first_part and settings.tts_engine in pipeline.INLINE_ENGINES:
+        # Resolve the voice now, so part 0 (spoken here) and the workflow's parts share it.
+        first = pipeline.first_part(settings, text, voice, language)
+        voice, language = first["voice"], first["language"]
     workflow_input = {"stream_id": stream_id, "text": text}
     if voice:
         workflow_input["voice"] = voice
     if language != "auto":
         workflow_input["language"] = language
-    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)
