@@ -13,12 +13,13 @@ DEMO_TEXT ?= Thanks for calling Example Telecom. Your new phone shipped on Monda
 	If it does not arrive by then, call us again and we will send a replacement at no cost. \
 	감사합니다. 좋은 하루 보내세요.
 
-.PHONY: help setup tools demo test lint build clean
+.PHONY: help setup tools demo test lint build bench clean
 
 help:
 	@echo "make demo   set up, then run a stream of real speech and a simulated call through the local cloud"
 	@echo "make test   set up, then run every test (unit, integration, template, SAM build)"
 	@echo "make build  sam build (deploy with: sam deploy --guided)"
+	@echo "make bench  time to first audio vs the alternatives, latency model on and off (out/bench/; QUICK=1 for ~1 min)"
 
 setup: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed tools
 
@@ -67,6 +68,10 @@ lint: $(VENV)/.installed
 
 build: $(SAM_VENV)/.installed
 	$(SAM_VENV)/bin/sam build
+
+# Time to first audio against the alternatives: results.json, ttfa.svg, timeline.svg and PASS/MISS per target.
+bench: $(VENV)/.installed $(SAM_VENV)/.installed
+	$(PY) tests/bench/bench.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam out .pytest_cache .hypothesis node_modules

@@ -1,0 +1,314 @@
+"""Production-like latency for local runs: every AWS request and every engine call takes about as long as on AWS.
+
+moto answers in a millisecond or two and eSpeak speaks a sentence in ~5 ms, so a local run says nothing about the
+time a caller waits. `install(LatencyModel())` makes each request of our functions (and of the Step Functions
+engine) sleep the modeled time of its service operation, Lambda invokes cost a warm or a cold start, and every
+engine call costs a first byte plus a per-character time, all without touching our code:
+
+- a botocore `before-call` hook on boto3's default session, where the handlers and moto's Step Functions engine
+  make their clients (a Lambda Invoke made by the workflow also pays one state transition);
+- given the local cloud, the same hook on its own session for the two requests Connect makes: invoking
+  ConnectFunction, and fetching each prompt from S3 before it plays;
+- `tts_stream.engines.get_engine` wrapped, as localcloud/faults.py does, so every engine sleeps before speaking
+  (in addition to eSpeak's own real time).
+
+Figures (milliseconds, one request from a Lambda function to a service in the same region):
+
+| operation | ms | source |
+|---|---|---|
+| s3 PutObject | 30 | AWS, "Best practices design patterns: optimizing Amazon S3 performance", Timeouts and retries: for requests under 512 KB "median latencies are often in the tens of milliseconds" |
+| s3 GetObject | 20 | same page; Connect fetching a prompt is one GET |
+| dynamodb GetItem | 5 | AWS re:Post knowledge center, "DynamoDB high latency": GetItem/PutItem average single-digit milliseconds (server side; in-region network adds ~1 ms) |
+| dynamodb UpdateItem, PutItem | 8 | same page; writes go to more replicas than a strongly consistent read |
+| dynamodb BatchGetItem | 10 | same page; items are read in parallel, one request |
+| stepfunctions StartExecution | 50 | commonly measured API round trip (no AWS-published figure): an assumption |
+| Step Functions state transition | 25 | per Lambda task state, covering the Choice and Map bookkeeping around it; an assumption, in line with community benchmarks (P. Milliotte, "Functionless: can we do better without Lambda", dev.to/slsbytheodo: an Express workflow doing DynamoDB calls averaged ~3x the same work in one Lambda) |
+| lambda Invoke, warm | 15 | commonly measured synchronous Invoke overhead in region (10-20 ms): an assumption |
+| lambda cold start | 150 + init | "Python 3.13 (zip, minimal deps) ~150 ms p50" (lambda_local_runner docs, "Cold Starts"), plus the function's own init: the measured import time of its handler module (`init_ms`, the bench measures it) |
+| engine first byte | 150 | Amazon Polly: 65 ms mean (std 13 ms) request-to-first-audio for the standard voice Joanna (Picovoice tts-latency-benchmark, results_tts_amazon_polly.json, tts_process_seconds); neural voices answer later (play.ht, "Amazon text to speech latency": 100 ms to 1 s in real-world tests) |
+| engine per character | 1.5 | Polly neural, whole response (we need every byte before encoding): an assumption (~450 ms for a 200-character part); calibrate with one timed `aws polly synthesize-speech --engine neural` |
+| anything else | 10 | an assumption |
+
+A cold start is modeled per execution environment: a function's first invocation, and every invocation that finds
+all of its environments busy (a Map of 10 parts starts 10 environments), pays `lambda_cold_ms` plus its init.
+Environments are never recycled here. Not modeled: throttling (Polly neural allows 8 TPS per account), retries,
+tail latency, Connect's own time between flow blocks.
+"""
+
+import dataclasses
+import sys
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+from urllib.parse import unquote
+
+from botocore.client import BaseClient
+
+from tts_stream import engines
+
+SOURCES = {
+    "s3_put_ms": "AWS S3 performance whitepaper (Timeouts and retries): small requests, median tens of ms",
+    "s3_get_ms": "AWS S3 performance whitepaper (Timeouts and retries): small requests, median tens of ms",
+    "ddb_get_ms": "AWS re:Post knowledge center dynamodb-high-latency: GetItem average single-digit ms",
+    "ddb_write_ms": "AWS re:Post knowledge center dynamodb-high-latency: PutItem average single-digit ms",
+    "ddb_batch_get_ms": "AWS re:Post knowledge center dynamodb-high-latency; parallel reads in one request",
+    "sfn_start_ms": "assumption: commonly measured StartExecution round trip",
+    "sfn_transition_ms": "assumption, in line with community Express-vs-Lambda benchmarks (Milliotte, dev.to)",
+    "lambda_invoke_ms": "assumption: commonly measured synchronous Invoke overhead, 10-20 ms",
+    "lambda_cold_ms": "lambda_local_runner docs 'Cold Starts': Python 3.13 zip minimal deps ~150 ms p50 (+ init)",
+    "engine_first_byte_ms": "Picovoice tts-latency-benchmark: Polly 65 ms mean TTFB (standard); neural slower",
+    "engine_per_char_ms": "assumption for Polly neural whole responses (~450 ms for 200 characters)",
+    "other_ms": "assumption",
+}
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Modeled milliseconds per request. `LatencyModel.off()` models nothing."""
+
+    s3_put_ms: float = 30.0
+    s3_get_ms: float = 20.0
+    ddb_get_ms: float = 5.0
+    ddb_write_ms: float = 8.0  # UpdateItem, PutItem
+    ddb_batch_get_ms: float = 10.0
+    sfn_start_ms: float = 50.0
+    sfn_transition_ms: float = 25.0
+    lambda_invoke_ms: float = 15.0
+    lambda_cold_ms: float = 150.0
+    engine_first_byte_ms: float = 150.0
+    engine_per_char_ms: float = 1.5
+    other_ms: float = 10.0
+
+    @classmethod
+    def off(cls) -> "LatencyModel":
+        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
+
+    @property
+    def is_off(self) -> bool:
+        return not any(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def request_ms(self, service: str, operation: str) -> float:
+        """One request of `service.operation` (botocore names: s3.PutObject, dynamodb.GetItem ...)."""
+        return {
+            ("s3", "PutObject"): self.s3_put_ms,
+            ("s3", "GetObject"): self.s3_get_ms,
+            ("dynamodb", "GetItem"): self.ddb_get_ms,
+            ("dynamodb", "UpdateItem"): self.ddb_write_ms,
+            ("dynamodb", "PutItem"): self.ddb_write_ms,
+            ("dynamodb", "BatchGetItem"): self.ddb_batch_get_ms,
+            ("stepfunctions", "StartExecution"): self.sfn_start_ms,
+            ("lambda", "Invoke"): self.lambda_invoke_ms,
+        }.get((service, operation), self.other_ms)
+
+    def engine_ms(self, text: str) -> float:
+        """What the engine adds for one part: first byte plus a time per character."""
+        return self.engine_first_byte_ms + self.engine_per_char_ms * len(text)
+
+    def figures(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def function_name(function: str) -> str:
+    """`name`, `name:qualifier` or a function ARN -> the function's name."""
+    if function.startswith("arn:"):
+        function = function.split(":function:", 1)[-1]
+    return function.split(":", 1)[0]
+
+
+def _invoked_function(request: dict | None) -> str:
+    """The function a lambda Invoke request names: before-call sees the request, /2015-03-31/functions/F/invocations."""
+    path = (request or {}).get("url_path", "")
+    parts = path.split("/")
+    return function_name(unquote(parts[3])) if len(parts) > 4 and parts[2] == "functions" else path
+
+
+class Latency:
+    """The model at work: what it slept, which functions started cold, how often the engine spoke.
+
+    `sleep` is injectable, so tests can record the modeled delays instead of waiting for them.
+    """
+
+    def __init__(self, model: LatencyModel, *, sleep: Callable[[float], None] = time.sleep,
+                 init_ms: dict[str, float] | None = None):
+        self.model = model
+        self.init_ms = {} if model.is_off else dict(init_ms or {})  # off models nothing, init included
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._environments: Counter[str] = Counter()
+        self._busy: Counter[str] = Counter()
+        self.active = False
+        self.slept_ms: Counter[str] = Counter()  # what was slept, per operation
+        self.requests: Counter[str] = Counter()  # requests seen, per operation
+        self.cold_starts: Counter[str] = Counter()  # per function name
+        self.engine_calls = 0
+        self.engine_chars = 0
+
+    # -- what the hooks call -------------------------------------------------------------------------------
+    def on_request(self, model, params=None, context=None, **_):
+        """before-call on boto3's default session: a request of our functions or of the workflow."""
+        self._request(model, params, context, by_workflow=True)
+
+    def on_connect_request(self, model, params=None, context=None, **_):
+        """before-call on the local cloud's own session: Connect invoking ConnectFunction or fetching a prompt."""
+        self._request(model, params, context, by_workflow=False)
+
+    def _request(self, model, params, context, *, by_workflow: bool):
+        if not self.active:
+            return
+        service, operation = model.service_model.service_name, model.name
+        what = f"{service}.{operation}"
+        delay = self.model.request_ms(service, operation)
+        if what == "lambda.Invoke":
+            name = _invoked_function(params)
+            cold = self._enter(name)
+            if context is not None:
+                context["localcloud_latency_function"] = name
+            if cold:
+                delay += self.model.lambda_cold_ms + self.init_ms.get(name, 0.0)
+            if by_workflow:
+                # Our functions invoke no Lambda: on the default session an Invoke is a workflow Task state.
+                delay += self.model.sfn_transition_ms
+        self._wait(what, delay)
+
+    def on_done(self, context=None, **_):
+        """botocore after-call / after-call-error: the invoked function's environment is free again."""
+        name = (context or {}).pop("localcloud_latency_function", None)
+        if name is not None:
+            with self._lock:
+                self._busy[name] -= 1
+
+    def on_engine(self, text: str):
+        with self._lock:
+            self.engine_calls += 1
+            self.engine_chars += len(text)
+        if self.active:
+            self._wait("engine.synthesize", self.model.engine_ms(text))
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def make_cold(self):
+        """Forget every execution environment: the next invocation of each function starts cold."""
+        with self._lock:
+            self._environments.clear()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"requests": dict(self.requests), "slept_ms": {k: round(v, 1) for k, v in self.slept_ms.items()},
+                    "cold_starts": dict(self.cold_starts), "engine_calls": self.engine_calls,
+                    "engine_chars": self.engine_chars}
+
+    def _enter(self, name: str) -> bool:
+        """An invocation of `name` starts: True when no environment is free (a cold start)."""
+        with self._lock:
+            self._busy[name] += 1
+            cold = self._busy[name] > self._environments[name]
+            if cold:
+                self._environments[name] += 1
+                self.cold_starts[name] += 1
+            return cold
+
+    def _wait(self, what: str, delay_ms: float):
+        with self._lock:
+            self.requests[what] += 1
+            if delay_ms > 0:
+                self.slept_ms[what] += delay_ms
+        if delay_ms > 0:
+            self._sleep(delay_ms / 1000)
+
+
+class _Dispatch:
+    """The hook botocore holds. Clients copy their session's hooks when they are made and keep them, so the hook
+    stays registered and forwards to whichever Latency is installed now (none: it does nothing)."""
+
+    def __init__(self, method: str):
+        self.method = method
+
+    def __call__(self, **kwargs):
+        latency = _installed
+        if latency is not None:
+            return getattr(latency, self.method)(**kwargs)
+        return None
+
+
+_installed: Latency | None = None
+_HOOKS = (  # event, hook, unique id: registering twice with one id is a no-op
+    # As specific as botocore.stub.Stubber's hook, so that a stubbed client (tests) still waits the modeled time.
+    ("before-call.*.*", _Dispatch("on_request"), "localcloud-latency-request"),
+    ("after-call.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-done"),
+    ("after-call-error.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-error"),
+)
+_CONNECT_HOOKS = (
+    ("before-call.lambda.Invoke", _Dispatch("on_connect_request"), "localcloud-latency-connect-invoke"),
+    ("before-call.s3.GetObject", _Dispatch("on_connect_request"), "localcloud-latency-connect-prompt"),
+    ("after-call.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-done"),
+    ("after-call-error.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-error"),
+)
+
+
+def _register(emitter, hooks):
+    for event, hook, unique_id in hooks:
+        emitter.register(event, hook, unique_id=unique_id)
+
+
+def _handler_clients(cloud) -> Iterator[BaseClient]:
+    """Clients the handler modules already keep (made before the hook was on the session)."""
+    modules = {function.handler.rsplit(".", 1)[0] for function in getattr(cloud, "functions", {}).values()}
+    for name in sorted(modules):
+        module = sys.modules.get(name)
+        for value in list(vars(module).values()) if module else []:
+            if isinstance(value, BaseClient):
+                yield value
+            elif isinstance(value, dict):
+                yield from (v for v in list(value.values()) if isinstance(v, BaseClient))
+            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+                yield from (v for v in vars(value).values() if isinstance(v, BaseClient))
+
+
+class _SlowEngine:
+    """The real engine, after the modeled first byte and per-character time."""
+
+    def __init__(self, engine, latency: Latency):
+        self._engine, self._latency = engine, latency
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def synthesize(self, text, voice):
+        self._latency.on_engine(text)
+        return self._engine.synthesize(text, voice)
+
+
+@contextmanager
+def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] = time.sleep,
+            init_ms: dict[str, float] | None = None) -> Iterator[Latency]:
+    """Within the block, AWS requests and engine calls take the modeled time; yields the Latency (what it did).
+
+    Install it after the local cloud has started (LocalCloud.start makes a new default session). With `cloud`,
+    Connect's own requests (invoking ConnectFunction, fetching prompts) are modeled too, and clients the handlers
+    already hold get the hook. `init_ms` maps function names to their init time, added to each cold start.
+    """
+    global _installed
+    import boto3
+
+    if _installed is not None:
+        raise RuntimeError("a latency model is already installed: one at a time")
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    _register(boto3.DEFAULT_SESSION.events, _HOOKS)
+    if cloud is not None:
+        _register(cloud._session.events, _CONNECT_HOOKS)
+        for client in _handler_clients(cloud):
+            _register(client.meta.events, _HOOKS)
+    latency = Latency(model, sleep=sleep, init_ms=init_ms)
+    real_get_engine = engines.get_engine
+    engines.get_engine = lambda *args, **kwargs: _SlowEngine(real_get_engine(*args, **kwargs), latency)
+    latency.active = True
+    _installed = latency
+    try:
+        yield latency
+    finally:
+        latency.active = False
+        _installed = None
+        engines.get_engine = real_get_engine

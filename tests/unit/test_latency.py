@@ -1,0 +1,271 @@
+"""The latency model (localcloud/latency.py): every AWS request and engine call of a local run takes its modeled
+time, Lambda pays a cold start once per execution environment, and `off()` adds nothing.
+
+Delays are recorded through an injected sleep, so no test depends on how busy the machine is; the one real-time
+test only checks a lower bound.
+"""
+
+import io
+import json
+import threading
+import time
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from localcloud import latency
+from localcloud.latency import LatencyModel
+from tts_stream import engines
+from tts_stream.engines import Speech
+
+CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+               "endpoint_url": "http://127.0.0.1:9"}  # never reached: the stubber answers
+FUNCTION = "connect-tts-stream-synthesizefunction"
+FUNCTION_ARN = f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION}"
+
+
+class Recorder:
+    """A sleep that remembers what it was asked to wait (seconds)."""
+
+    def __init__(self):
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float):
+        self.calls.append(seconds)
+
+    def ms(self) -> list[float]:
+        return [round(s * 1000, 3) for s in self.calls]
+
+
+def client(service: str):
+    """A client made the way our handlers make theirs: from boto3's default session."""
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    return boto3.DEFAULT_SESSION.client(service, **CREDENTIALS)
+
+
+def invoke_payload() -> StreamingBody:
+    return StreamingBody(io.BytesIO(b"{}"), 2)
+
+
+REQUESTS = [
+    ("s3", "put_object", {"Bucket": "b", "Key": "k", "Body": b"x"}, {}, "s3_put_ms"),
+    ("s3", "get_object", {"Bucket": "b", "Key": "k"}, {}, "s3_get_ms"),
+    ("dynamodb", "get_item", {"TableName": "t", "Key": {"k": {"S": "1"}}}, {}, "ddb_get_ms"),
+    ("dynamodb", "update_item", {"TableName": "t", "Key": {"k": {"S": "1"}}}, {}, "ddb_write_ms"),
+    ("dynamodb", "put_item", {"TableName": "t", "Item": {"k": {"S": "1"}}}, {}, "ddb_write_ms"),
+    ("dynamodb", "batch_get_item", {"RequestItems": {"t": {"Keys": [{"k": {"S": "1"}}]}}}, {}, "ddb_batch_get_ms"),
+    ("stepfunctions", "start_execution", {"stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:m"},
+     {"executionArn": "arn:aws:states:us-east-1:123456789012:execution:m:e", "startDate": 0}, "sfn_start_ms"),
+]
+
+
+@pytest.mark.parametrize("service, method, params, response, figure", REQUESTS,
+                         ids=[f"{r[0]}-{r[1]}" for r in REQUESTS])
+def test_each_request_waits_the_modeled_time_of_its_operation(service, method, params, response, figure):
+    # Given a latency model installed with a recording sleep, and a client from the default session
+    model, slept = LatencyModel(), Recorder()
+    with latency.install(model, sleep=slept) as installed:
+        aws = client(service)
+        with Stubber(aws) as stub:
+            stub.add_response(method, response, params)
+            # When the client makes one request
+            getattr(aws, method)(**params)
+    # Then exactly the modeled time of that operation was slept, once
+    assert slept.ms() == [getattr(model, figure)]
+    assert sum(installed.requests.values()) == 1
+
+
+def test_a_modeled_request_really_takes_at_least_its_modeled_time():
+    # Given a model where an S3 write takes 60 ms, installed with the real sleep
+    model = LatencyModel(s3_put_ms=60)
+    with latency.install(model):
+        aws = client("s3")
+        with Stubber(aws) as stub:
+            stub.add_response("put_object", {}, {"Bucket": "b", "Key": "k", "Body": b"x"})
+            # When the write is made
+            started = time.perf_counter()
+            aws.put_object(Bucket="b", Key="k", Body=b"x")
+            elapsed = time.perf_counter() - started
+    # Then it took at least that long (never an upper bound: the machine is shared)
+    assert elapsed >= 0.060
+
+
+def stubbed_invokes(aws, count: int) -> Stubber:
+    stub = Stubber(aws)
+    for _ in range(count):
+        stub.add_response("invoke", {"StatusCode": 200, "Payload": invoke_payload()}, {"FunctionName": FUNCTION_ARN})
+    return stub
+
+
+def test_a_function_starts_cold_once_then_runs_warm():
+    # Given a model whose cold starts cost the platform's time plus the function's measured init
+    model, slept = LatencyModel(), Recorder()
+    with latency.install(model, sleep=slept, init_ms={FUNCTION: 300.0}) as installed:
+        aws = client("lambda")
+        with stubbed_invokes(aws, 2):
+            # When the workflow invokes the same function twice, one after the other
+            aws.invoke(FunctionName=FUNCTION_ARN)
+            aws.invoke(FunctionName=FUNCTION_ARN)
+    # Then the first invocation pays a cold start and init, the second only the invoke, each plus a state transition
+    warm = model.lambda_invoke_ms + model.sfn_transition_ms
+    assert slept.ms() == [warm + model.lambda_cold_ms + 300.0, warm]
+    assert installed.cold_starts == {FUNCTION: 1}
+
+
+def lambda_invoke_model():
+    return client("lambda").meta.service_model.operation_model("Invoke")
+
+
+def test_an_invocation_that_finds_every_environment_busy_starts_cold():
+    # Given a function already running in its only environment
+    model, slept = LatencyModel(), Recorder()
+    operation = lambda_invoke_model()
+    request = {"url_path": f"/2015-03-31/functions/{FUNCTION_ARN.replace(':', '%3A')}/invocations"}
+    with latency.install(model, sleep=slept) as installed:
+        first, second, third = {}, {}, {}
+        installed.on_request(model=operation, params=request, context=first)
+        # When a second invocation arrives while the first runs (a Map fanning out)
+        installed.on_request(model=operation, params=request, context=second)
+        installed.on_done(context=first)
+        installed.on_done(context=second)
+        # and a third once both have finished
+        installed.on_request(model=operation, params=request, context=third)
+        installed.on_done(context=third)
+    # Then the second starts a new environment (cold), and the third finds a warm one
+    assert installed.cold_starts == {FUNCTION: 2}
+    cold = model.lambda_invoke_ms + model.sfn_transition_ms + model.lambda_cold_ms
+    assert slept.ms() == [cold, cold, model.lambda_invoke_ms + model.sfn_transition_ms]
+
+
+def test_connect_invoking_a_function_pays_no_state_transition():
+    # Given the model, and the hook the local cloud's own session gets (Connect's requests)
+    model, slept = LatencyModel(), Recorder()
+    request = {"url_path": "/2015-03-31/functions/connect-tts-stream-connectfunction/invocations"}
+    with latency.install(model, sleep=slept) as installed:
+        # When Connect invokes ConnectFunction twice
+        for _ in range(2):
+            context = {}
+            installed.on_connect_request(model=lambda_invoke_model(), params=request, context=context)
+            installed.on_done(context=context)
+    # Then it is a plain invoke, cold the first time
+    assert slept.ms() == [model.lambda_invoke_ms + model.lambda_cold_ms, model.lambda_invoke_ms]
+
+
+class FakeEngine:
+    name = "fake"
+
+    def __init__(self):
+        self.texts = []
+
+    def synthesize(self, text, voice):
+        self.texts.append(text)
+        return Speech(pcm16=b"\x00\x00", sample_rate=8000)
+
+    def default_voice(self, language):
+        return "v"
+
+    def identity(self):
+        return {}
+
+
+def test_the_engine_waits_its_first_byte_plus_a_time_per_character(monkeypatch):
+    # Given an engine the pipeline gets through tts_stream.engines.get_engine
+    fake = FakeEngine()
+    monkeypatch.setattr(engines, "get_engine", lambda name, settings=None: fake)
+    model, slept = LatencyModel(engine_first_byte_ms=100, engine_per_char_ms=2), Recorder()
+    with latency.install(model, sleep=slept) as installed:
+        # When it speaks a 10-character part
+        engine = engines.get_engine("fake")
+        engine.synthesize("0123456789", "v")
+    # Then it waited 100 + 10 x 2 ms, spoke the text itself, and the call was counted; the engine is restored after
+    assert slept.ms() == [120.0]
+    assert fake.texts == ["0123456789"]
+    assert installed.engine_calls == 1
+    assert engines.get_engine("fake") is fake
+
+
+def test_off_waits_for_nothing_but_still_counts(monkeypatch):
+    # Given the model switched off
+    fake = FakeEngine()
+    monkeypatch.setattr(engines, "get_engine", lambda name, settings=None: fake)
+    slept = Recorder()
+    with latency.install(LatencyModel.off(), sleep=slept, init_ms={FUNCTION: 300.0}) as installed:
+        aws, functions = client("dynamodb"), client("lambda")
+        with Stubber(aws) as stub, stubbed_invokes(functions, 1):
+            stub.add_response("get_item", {}, {"TableName": "t", "Key": {"k": {"S": "1"}}})
+            # When a request is made, a function starts cold and the engine speaks
+            aws.get_item(TableName="t", Key={"k": {"S": "1"}})
+            functions.invoke(FunctionName=FUNCTION_ARN)
+        engines.get_engine("fake").synthesize("hello", "v")
+    # Then nothing was slept (not even a zero wait), and all were still counted: the bench reports them off too
+    assert slept.calls == []
+    assert installed.slept_ms == {}
+    assert installed.requests == {"dynamodb.GetItem": 1, "lambda.Invoke": 1, "engine.synthesize": 1}
+    assert installed.engine_calls == 1
+
+
+def test_clients_keep_no_delay_after_the_block():
+    # Given a client made while a model was installed
+    slept = Recorder()
+    with latency.install(LatencyModel(), sleep=slept):
+        aws = client("dynamodb")
+    # When it is used after the block
+    with Stubber(aws) as stub:
+        stub.add_response("get_item", {}, {"TableName": "t", "Key": {"k": {"S": "1"}}})
+        aws.get_item(TableName="t", Key={"k": {"S": "1"}})
+    # Then nothing is delayed
+    assert slept.calls == []
+
+
+def test_one_model_at_a_time():
+    with latency.install(LatencyModel.off()):
+        with pytest.raises(RuntimeError, match="already installed"):
+            with latency.install(LatencyModel.off()):
+                pass
+
+
+def test_delays_of_concurrent_requests_are_all_recorded():
+    # Given requests made from several threads at once (a Map's parts)
+    slept, lock = [], threading.Lock()
+
+    def sleep(seconds):
+        with lock:
+            slept.append(seconds)
+
+    with latency.install(LatencyModel(), sleep=sleep) as installed:
+        def put():
+            aws = client("s3")
+            with Stubber(aws) as stub:
+                stub.add_response("put_object", {}, {"Bucket": "b", "Key": "k", "Body": b"x"})
+                aws.put_object(Bucket="b", Key="k", Body=b"x")
+
+        threads = [threading.Thread(target=put) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    # Then every one of them waited the modeled time
+    assert len(slept) == 8 and installed.slept_ms["s3.PutObject"] == 8 * LatencyModel().s3_put_ms
+
+
+@pytest.mark.parametrize("given, name", [
+    ("connect-tts-stream-planfunction", "connect-tts-stream-planfunction"),
+    ("connect-tts-stream-planfunction:live", "connect-tts-stream-planfunction"),
+    ("arn:aws:lambda:us-east-1:123456789012:function:connect-tts-stream-planfunction",
+     "connect-tts-stream-planfunction"),
+    ("arn:aws:lambda:us-east-1:123456789012:function:connect-tts-stream-planfunction:$LATEST",
+     "connect-tts-stream-planfunction"),
+])
+def test_a_function_is_known_by_its_name_however_it_is_invoked(given, name):
+    assert latency.function_name(given) == name
+
+
+def test_the_default_model_models_every_figure_and_off_models_none():
+    figures = LatencyModel().figures()
+    assert all(value > 0 for value in figures.values()), figures
+    assert set(figures) <= set(latency.SOURCES), "every figure needs its source"
+    assert LatencyModel.off().is_off and not LatencyModel().is_off
+    assert json.dumps(LatencyModel.off().figures())
