@@ -151,14 +151,14 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
     cache_key = part.get("cache_key") or ""
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
-        if cache_key and settings.prompt_cache:
-            # The cache copy and its index entry are written before the part is marked ready, so a later
+        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
+        if marked and cache_key and settings.prompt_cache:
+            # After the mark, off the caller's path; the cache object before its index entry, so a later
             # stream never finds an entry whose audio is missing.
             s3.put_object(Bucket=settings.bucket_name, Key=cache.object_key(cache_key), Body=wav,
                           ContentType="audio/wav")
             cache.remember(ddb, settings.cache_table, cache_key, now_ms=now_ms(),
                            retention_days=settings.cache_retention_days)
-        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
     planned = part.get("planned_ms")

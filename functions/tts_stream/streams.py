@@ -112,7 +112,7 @@ def _batch_reply(clients, settings, waited, batch_size, **extra):
     return reply(batch, urls, batch_size, **extra)
 
 
-def _speak_first_part(clients, settings, stream_id: str, first: dict, *, clock) -> None:
+def _speak_first_part(clients, settings, stream_id: str, first: dict, *, clock) -> str:
     """Speak part 0 here, before the workflow starts: the caller's first words then wait for one engine call,
     one S3 write and one manifest write, not for Step Functions and two Lambda invocations. The workflow's plan
     sees part 0 ready and does not speak it again; if this fails, the workflow speaks it as any other part."""
@@ -121,32 +121,38 @@ def _speak_first_part(clients, settings, stream_id: str, first: dict, *, clock) 
         key = first["cache_key"]
         if key and cache.lookup(clients.ddb, settings.cache_table, [key], now_ms=started,
                                 retention_days=settings.cache_retention_days):
-            manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, cache.object_key(key), now_ms=started)
+            played = cache.object_key(key)
+            if not manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, played, now_ms=started):
+                return ""
         else:
-            pipeline.synthesize_part(clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id},
-                                     now_ms=clock.now_ms)
+            played = pipeline.synthesize_part(clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id},
+                                              now_ms=clock.now_ms)["key"]
         metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, clock.now_ms() - started)
+        return played
     except Exception:  # the workflow is the path that records failures; this is only a head start
         logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+        return ""
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     first: dict | None = None):
-    """Create the stream and start its workflow once, however often Connect retries the request."""
+                     first: dict | None = None) -> str:
+    """Create the stream and start its workflow once, however often Connect retries the request. Returns the
+    key of part 0 when it was made playable here (spoken or found in the cache), else ""."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
                                     now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms())):
-        if created and first is not None:
-            _speak_first_part(clients, settings, stream_id, first, clock=clock)
+        played = _speak_first_part(clients, settings, stream_id, first, clock=clock) if created and first else ""
         clients.sfn.start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
             input=json.dumps({**workflow_input, "input_hash": content_hash}, ensure_ascii=False),
         )
         manifest.workflow_started(clients.ddb, settings.table_name, stream_id)
+        return played
+    return ""
 
 
 def start_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
@@ -172,7 +178,11 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
         workflow_input["voice"] = voice
     if language != "auto":
         workflow_input["language"] = language
-    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first)
+    played = _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first)
+    if played:
+        # Part 0 was made playable just now and nothing else can be yet: reply without reading the manifest.
+        return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (0,), 1, False, ""),
+                     [part_url(clients, settings, stream_id, 0, played)], batch_size)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)
