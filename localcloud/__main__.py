@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from localcloud import chatbot, phone, runs
+from localcloud import chatbot, faults, phone, runs
 from localcloud import cloud as local
 from localcloud.template import parse_overrides
 
@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--language", default=None, choices=["auto", "en", "ko"])
     stream.add_argument("--out", type=Path, default=Path("out/stream"), help="folder for the parts (default out/stream)")
     stream.add_argument("--json", action="store_true", help="print one JSON report instead of text")
+    stream.add_argument("--fault", action="append", default=[], type=faults.parse, metavar="SPEC",
+                        help="make something fail on purpose (repeatable): " + faults.GRAMMAR)
 
     call = command("call", "simulate a phone call through the template's contact flow")
     asked = call.add_mutually_exclusive_group(required=True)
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--speed", type=float, default=1.0,
                       help="playback speed-up; 1 is real time, more makes waits an upper bound (default 1)")
     call.add_argument("--json", action="store_true", help="print one JSON report instead of text")
+    call.add_argument("--fault", action="append", default=[], type=faults.parse, metavar="SPEC",
+                      help="make something fail on purpose (repeatable): " + faults.GRAMMAR)
 
     flow = command("flow", "print the contact flow as Connect imports it")
     flow.add_argument("--function-arn", default="arn:aws:lambda:REGION:ACCOUNT:function:YOUR-ConnectFunction",
@@ -96,17 +100,28 @@ def _run(args, out) -> int:
         return _serve(cloud, args.port, out)
     if args.command == "flow":
         return _flow(cloud, args.function_arn, out)
-    with cloud:
-        if args.command == "stream":
-            return _stream(cloud, args, out)
-        if args.command == "call":
-            return _call(cloud, args, out)
-        return _invoke(cloud, args, out)
+    try:
+        with cloud:
+            return _commands(cloud, args, out)
+    except faults.SpecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _commands(cloud, args, out) -> int:
+    if args.command == "stream":
+        return _stream(cloud, args, out)
+    if args.command == "call":
+        return _call(cloud, args, out)
+    return _invoke(cloud, args, out)
 
 
 def _stream(cloud, args, out) -> int:
-    report = runs.run_stream(cloud, args.text, stream_id=args.stream_id, voice=args.voice,
-                             language=args.language, out_dir=args.out)
+    with faults.injected(cloud, *args.fault) as injection:
+        report = runs.run_stream(cloud, args.text, stream_id=args.stream_id, voice=args.voice,
+                                 language=args.language, out_dir=args.out)
+    if args.fault:
+        report["faults"] = injection.report()
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False), file=out)
     else:
@@ -124,11 +139,17 @@ def _call(cloud, args, out) -> int:
         except ValueError as error:
             print(f"error: --press {error}", file=sys.stderr)
             return 2
-        result = runs.run_chat_call(cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out)
+        with faults.injected(cloud, *args.fault) as injection:
+            result = runs.run_chat_call(cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out)
+        if args.fault:
+            result["faults"] = injection.report()
         print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else runs.describe_chat_call(result),
               file=out)
         return 0 if result["ended_by"] == "EndCall" else 1
-    result = runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out)
+    with faults.injected(cloud, *args.fault) as injection:
+        result = runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out)
+    if args.fault:
+        result["faults"] = injection.report()
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
     else:

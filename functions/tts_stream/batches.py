@@ -8,7 +8,7 @@ impossible by construction here, so the flow only has to pass back the NextIndex
 import re
 from dataclasses import dataclass
 
-from tts_stream.errors import InvalidInput
+from tts_stream.errors import InvalidInput, shown
 from tts_stream.manifest import (
     STATUS_CANCELLED,
     STATUS_COMPLETE,
@@ -47,7 +47,7 @@ def parse_index(raw, name: str) -> int:
         raise InvalidInput(f"{name} must be a whole number given as a string, got {type(raw).__name__}")
     text = str(raw).strip()
     if not _INDEX.fullmatch(text):
-        raise InvalidInput(f"{name} must be a whole number from 0 to 999999, got {raw!r}")
+        raise InvalidInput(f"{name} must be a whole number from 0 to 999999, got {shown(raw)}")
     return int(text)
 
 

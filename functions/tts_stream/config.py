@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from tts_stream.errors import InvalidInput
+from tts_stream.errors import InvalidInput, shown
 
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.
@@ -122,7 +122,7 @@ def part_key(stream_id: str, index: int) -> str:
 def check_stream_id(stream_id) -> str:
     if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
         raise InvalidInput(
-            f"stream id {stream_id!r} is not valid: use 1-64 letters, digits, '-' or '_', starting with a letter "
+            f"stream id {shown(stream_id)} is not valid: use 1-64 letters, digits, '-' or '_', starting with a letter "
             "or digit"
         )
     return stream_id

@@ -21,6 +21,13 @@ def is_transient_aws_error(error) -> bool:
     return code in TRANSIENT_AWS_CODES or response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
 
 
+def shown(value, limit: int = 60) -> str:
+    """A bad value as an error message may quote it: short, so a reply stays under Connect's 32 KB and a log
+    line stays a line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 class InvalidInput(ValueError):
     """The request itself is wrong (missing/empty/oversized text, bad stream id): never retried."""
 

@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import audio, cache, chat, chunking, conversation, engines, manifest, secrets
 from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
-from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, is_transient_aws_error
+from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, is_transient_aws_error, shown
 
 LANGUAGES = ("auto", "en", "ko")
 _VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
@@ -50,10 +50,10 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
         raise InvalidInput("text is not valid Unicode (it holds a lone surrogate); send UTF-8 text") from None
     voice = voice or ""
     if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.match(voice)):
-        raise InvalidInput(f"voice {voice!r} is not a voice name (letters, digits, '-', '_', '+', '.')")
+        raise InvalidInput(f"voice {shown(voice)} is not a voice name (letters, digits, '-', '_', '+', '.')")
     language = language or "auto"
     if language not in LANGUAGES:
-        raise InvalidInput(f"language {language!r} is not supported; use one of {', '.join(LANGUAGES)}")
+        raise InvalidInput(f"language {shown(language)} is not supported; use one of {', '.join(LANGUAGES)}")
     return text, voice, language
 
 
@@ -82,7 +82,7 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         raise InvalidInput(f"text makes {len(texts)} parts; the most a stream holds is {MAX_PARTS}")
     # A chat turn is identified by its question (the stream began before the answer existed).
     content_hash = event.get("input_hash") or input_hash(text, voice, language)
-    if not _HASH.fullmatch(content_hash):
+    if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
         raise InvalidInput("input_hash must be 64 hex characters")
     engine = engines.get_engine(settings.tts_engine, settings)  # an unknown engine fails the plan, not every part
     language, voice = choose_voice(text, voice, language, settings, engine)
@@ -137,7 +137,7 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
     stream_id = check_stream_id(part.get("stream_id"))
     index = part.get("index")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_PARTS:
-        raise InvalidInput(f"part index must be a whole number from 0 to {MAX_PARTS - 1}, got {index!r}")
+        raise InvalidInput(f"part index must be a whole number from 0 to {MAX_PARTS - 1}, got {shown(index)}")
     text = part.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"part {index} of stream {stream_id} has no text")
@@ -253,7 +253,7 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
     contact_id = check_stream_id(event.get("contact_id"))
     turn = event.get("turn")
     if not isinstance(turn, int) or isinstance(turn, bool) or turn < 1:
-        raise InvalidInput(f"turn must be a whole number from 1, got {turn!r}")
+        raise InvalidInput(f"turn must be a whole number from 1, got {shown(turn)}")
     question = check_question(event.get("question"), settings)
     _, voice, language = check_content("x", event.get("voice"), event.get("language"), settings)
     spoken_language = language if language != "auto" else ("en" if chunking.detect_language(question) == "en" else "ko")
@@ -263,6 +263,9 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
         past = chat.bounded_history(conversation.history(ddb, settings.conversation_table, contact_id),
                                     max_turns=settings.history_turns, max_chars=settings.history_chars)
         answer = bot.ask(question, past, contact_id=contact_id, language=spoken_language)
+        # The bot's answer is input like any other: text the pipeline would refuse becomes the apology here,
+        # in the stream's voice, not a failed stream.
+        answer = check_content(answer[:settings.max_text_chars], "", "auto", settings)[0]
     except (chat.ChatError, ValueError) as error:
         answer, failure = chat.APOLOGY[spoken_language], str(error)
     else:

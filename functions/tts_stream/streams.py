@@ -8,6 +8,7 @@ inside Connect's 8-second limit and the flow never has to wait on its own.
 """
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import batches, cache, conversation, manifest, pipeline
 from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id, part_key
-from tts_stream.errors import InvalidInput, StreamConflict
+from tts_stream.errors import InvalidInput, StreamConflict, is_transient_aws_error, shown
 
 logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
 metrics = Metrics()  # Powertools shares one metric set per process: the handler's log_metrics flushes these
@@ -112,30 +113,48 @@ def _batch_reply(clients, settings, waited, batch_size, **extra):
     return reply(batch, urls, batch_size, **extra)
 
 
-def _speak_first_part(clients, settings, stream_id: str, first: dict, *, clock) -> str:
+# Leave this much of the invocation for StartExecution, its marker and the reply after speaking part 0.
+_AFTER_FIRST_PART_MS = 1500
+
+
+def _speak_first_part(clients, settings, stream_id: str, first: dict, *, deadline_ms: int, clock) -> str:
     """Speak part 0 here, before the workflow starts: the caller's first words then wait for one engine call,
     one S3 write and one manifest write, not for Step Functions and two Lambda invocations. The workflow's plan
-    sees part 0 ready and does not speak it again; if this fails, the workflow speaks it as any other part."""
+    sees part 0 ready and does not speak it again; if this fails or is too slow for Connect's deadline, the
+    workflow speaks it as any other part. Returns the key part 0 plays from, or "" when it is not ready."""
     started = clock.now_ms()
-    try:
-        key = first["cache_key"]
-        if key and cache.lookup(clients.ddb, settings.cache_table, [key], now_ms=started,
-                                retention_days=settings.cache_retention_days):
-            played = cache.object_key(key)
-            if not manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, played, now_ms=started):
-                return ""
-        else:
-            played = pipeline.synthesize_part(clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id},
-                                              now_ms=clock.now_ms)["key"]
-        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, clock.now_ms() - started)
-        return played
-    except Exception:  # the workflow is the path that records failures; this is only a head start
-        logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+    budget_ms = deadline_ms - started - _AFTER_FIRST_PART_MS
+    if budget_ms <= 0:
         return ""
+    outcome = {}
+
+    def speak():
+        try:
+            key = first["cache_key"]
+            if key and cache.lookup(clients.ddb, settings.cache_table, [key], now_ms=started,
+                                    retention_days=settings.cache_retention_days):
+                played = cache.object_key(key)
+                if manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, played, now_ms=started):
+                    outcome["key"] = played
+            else:
+                outcome["key"] = pipeline.synthesize_part(
+                    clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id}, now_ms=clock.now_ms)["key"]
+        except Exception:  # the workflow is the path that records failures; this is only a head start
+            logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+
+    # A thread, so a slow engine cannot hold the reply past Connect's limit: past the budget the workflow is
+    # started anyway and the reply waits for whichever speaks part 0 first.
+    worker = threading.Thread(target=speak, name="first-part", daemon=True)
+    worker.start()
+    worker.join(budget_ms / 1000)
+    if "key" in outcome:
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, clock.now_ms() - started)
+        return outcome["key"]
+    return ""
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     first: dict | None = None) -> str:
+                     first: dict | None = None, deadline_ms: int = 0) -> str:
     """Create the stream and start its workflow once, however often Connect retries the request. Returns the
     key of part 0 when it was made playable here (spoken or found in the cache), else ""."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
@@ -144,7 +163,8 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms())):
-        played = _speak_first_part(clients, settings, stream_id, first, clock=clock) if created and first else ""
+        played = (_speak_first_part(clients, settings, stream_id, first, deadline_ms=deadline_ms, clock=clock)
+                  if created and first else "")
         clients.sfn.start_execution(
             stateMachineArn=settings.state_machine_arn,
             name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
@@ -178,7 +198,8 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
         workflow_input["voice"] = voice
     if language != "auto":
         workflow_input["language"] = language
-    played = _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first)
+    played = _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first,
+                              deadline_ms=request.deadline_ms)
     if played:
         # Part 0 was made playable just now and nothing else can be yet: reply without reading the manifest.
         return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (0,), 1, False, ""),
@@ -258,13 +279,26 @@ def handle(clients: Clients, settings: Settings, event, *, remaining_ms: int, cl
         action = params.get("Action")
         handler = _HANDLERS.get(action) if isinstance(action, str) else None
         if handler is None:
-            raise InvalidInput(f"Action {action!r} is not known; use one of {', '.join(ACTIONS)}")
+            raise InvalidInput(f"Action {shown(action)} is not known; use one of {', '.join(ACTIONS)}")
         return handler(clients, settings, Request(params, contact_id, deadline_ms), clock=clock)
     except (InvalidInput, StreamConflict) as error:
         return error_reply("error", str(error), stream_id=stream_id, batch_size=_batch_size_or_max(params))
     except (ClientError, BotoCoreError) as error:
+        if params.get("Action") == "get_next_batch" and stream_id and (
+                isinstance(error, BotoCoreError) or is_transient_aws_error(error)):
+            # A passing AWS hiccup must not end the call: nothing this time, ask again from the same place
+            # (the stream's own timeout still bounds how long the flow can keep asking).
+            return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (), _next_index_or_zero(params), False,
+                                       "temporary AWS failure; ask again"), [], _batch_size_or_max(params))
         message = f"AWS request failed ({error.__class__.__name__}); the stream cannot be served right now"
         return error_reply("error", message, stream_id=stream_id, batch_size=_batch_size_or_max(params))
+
+
+def _next_index_or_zero(params) -> int:
+    try:
+        return batches.parse_index(params.get("NextIndex", "0"), "NextIndex")
+    except InvalidInput:
+        return 0
 
 
 def _batch_size_or_max(params) -> int:

@@ -1,0 +1,180 @@
+"""Rehearse failures on a whole simulated call: the template's contact flow, ConnectFunction, the real workflow and
+eSpeak, with faults injected where production fails (localcloud/faults.py). Whatever fails, the caller hears the
+answer's parts in order, never twice, never another stream's, and the call ends: with the last part, or with the
+spoken apology after every part that could be played. The store never holds a part marked ready that is not a
+complete WAV.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+
+import pytest
+
+from localcloud import faults, runs
+from tests.reliability.checks import bucket_keys, caller_heard, store_is_sound, stream_of
+
+SPEED = 50
+_numbers = itertools.count(1)
+
+
+def answer() -> str:
+    """A fresh answer per call: its parts were never spoken before, so no prompt-cache hit hides a fault."""
+    n = f"{time.time_ns() % 10_000_000}{next(_numbers)}"
+    return (f"Ticket {n} is open now. Order {n} shipped on Monday. Order {n} arrives by Friday. "
+            f"We text you at every stop of {n}. Thanks for waiting on ticket {n}.")
+
+
+@pytest.fixture(autouse=True)
+def sentence_sized_parts(setting):
+    """About one part per sentence, as if deployed with FirstChunkMaxChars=30 and ChunkTargetChars=30."""
+    setting("FIRST_CHUNK_MAX_CHARS", 30)
+    setting("CHUNK_TARGET_CHARS", 30)
+
+
+def call_with(cloud, specs, text=None):
+    text = text or answer()
+    before = bucket_keys(cloud)
+    invocations = {name: f.invocations for name, f in cloud.functions.items()}
+    started = time.monotonic()
+    with faults.injected(cloud, *specs) as injection:
+        result = runs.run_call(cloud, text, speed=SPEED)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    result["invocations"] = {name: f.invocations - invocations[name] for name, f in cloud.functions.items()}
+    result["injection"] = injection.report()
+    result["deliveries"] = {index: n for (stream, index), n in injection.deliveries.items()
+                            if stream == result["stream_id"]}
+    return text, before, result
+
+
+CASES = [
+    # (specs, what the caller must hear)
+    (["engine:part=2:transient=2"], "complete"),
+    (["engine:part=2:permanent"], "apology"),
+    (["engine:part=0:permanent"], "apology"),
+    (["engine:part=1:slow=4000"], "complete"),
+    (["engine:part=0:slow=4000"], "complete"),
+    (["s3:put:throttle=2"], "complete"),
+    (["ddb:update:throttle=2:function=SynthesizeFunction"], "complete"),
+    (["ddb:get:throttle=1:function=FinishFunction"], "complete"),
+    (["ddb:update:throttle=1:function=ConnectFunction"], "apology"),
+    (["ddb:get:throttle=1:function=ConnectFunction"], "complete"),  # a passing read failure: the flow asks again
+    (["map:duplicate=1"], "complete"),
+    (["connect:retry=2"], "complete"),
+    (["engine:part=1:transient=1", "map:duplicate=1", "connect:retry=1"], "complete"),
+    (["engine:part=3:permanent", "map:duplicate=3"], "apology"),
+    (["map:duplicate=0", "engine:part=0:transient=1"], "complete"),
+    (["s3:put:throttle=1", "ddb:update:throttle=1:function=SynthesizeFunction", "engine:part=0:slow=1500",
+      "connect:retry=1"], "complete"),
+]
+
+
+@pytest.mark.parametrize("specs, expect", CASES, ids=[" + ".join(specs) for specs, _ in CASES])
+def test_the_caller_hears_an_ordered_answer_or_the_apology(cloud, specs, expect):
+    # Given the faults, when a caller is read a fresh answer
+    text, before, result = call_with(cloud, specs)
+
+    # Then every fault happened
+    fired = result["injection"]["fired"]
+    assert all(fired[spec] >= 1 for spec in specs), fired
+    # and the caller heard their own parts in order, once each, and the call ended as expected
+    facts = caller_heard(cloud, text, result, expect=expect)
+    # and the store holds nothing half-written, nothing outside the stream
+    store = store_is_sound(cloud, stream_of(text, result), before)
+    print(f"\n| `{' + '.join(specs)}` | {facts['parts_heard']}/{facts['total']} parts, status {facts['status']}, "
+          f"ended by {facts['ended_by']}{', apology' if facts['messages'] else ''} | ttfa {result['ttfa_ms']} ms, "
+          f"gaps {max(result['gaps_ms'] or [0]):.0f} ms max, {result['elapsed_s']} s, "
+          f"Connect invocations {result['invocations']['ConnectFunction']}, "
+          f"Synthesize invocations {result['invocations']['SynthesizeFunction']}, objects {store['objects']} |")
+
+
+def test_a_permanently_failing_part_ends_the_call_after_every_part_before_it(cloud):
+    text, before, result = call_with(cloud, ["engine:part=2:permanent"])
+    assert [part["index"] for part in result["parts"]] == [0, 1]
+    assert result["status"] == "failed" and result["final"] is True
+    assert result["messages"] == ["Sorry, I can't read the answer right now. Please try again later. Goodbye."]
+
+
+def test_a_slow_part_is_waited_for_not_skipped(cloud):
+    text, before, result = call_with(cloud, ["engine:part=1:slow=4000"])
+    # The caller waits between part 0 and part 1 (the flow loops get_next_batch meanwhile), then hears the rest
+    assert result["gaps_ms"][0] > 2500
+    assert result["lambda_invocations"] >= 3
+
+
+def test_connect_retries_repeat_every_request_but_no_part(cloud):
+    text, before, result = call_with(cloud, ["connect:retry=2"])
+    assert result["invocations"]["ConnectFunction"] == 3 * result["lambda_invocations"]
+    assert result["aws_calls"]["stepfunctions.StartExecution"] == 1  # the retried start started one workflow
+    assert len({part["url"] for part in result["parts"]}) == len(result["parts"])
+
+
+def test_a_duplicated_map_item_is_one_object_and_one_ready_mark(cloud):
+    text, before, result = call_with(cloud, ["map:duplicate=1"])
+    # SynthesizeFunction ran twice for part 1, once for every other part the workflow spoke
+    assert result["deliveries"][1] == 2 and all(n == 1 for i, n in result["deliveries"].items() if i != 1)
+    assert "the second succeeded" in result["injection"]["log"][0]
+
+
+def test_faults_are_gone_after_the_block(cloud):
+    # Given a block that throttled everything it could
+    with faults.injected(cloud, "s3:put:throttle=1000", "ddb:get:throttle=1000", "ddb:update:throttle=1000",
+                         "engine:part=0:permanent", "connect:retry=3", "map:duplicate=0"):
+        pass
+    # When a call runs afterwards, nothing fails and nothing is repeated
+    text, before, result = call_with(cloud, [])
+    caller_heard(cloud, text, result, expect="complete")
+    assert result["invocations"]["ConnectFunction"] == result["lambda_invocations"]
+    assert all(n == 1 for n in result["deliveries"].values())
+    assert sum(result["deliveries"].values()) == result["invocations"]["SynthesizeFunction"]
+
+
+@contextlib.contextmanager
+def function_logs():
+    """Every log line the functions write at the default level (INFO), formatted as CloudWatch would get it."""
+    import connect  # noqa: F401 - the handler modules own the service's logger and its JSON formatter
+    import workflow
+
+    service = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "connect-tts-stream"))
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(workflow.logger._logger.handlers[0].format(record))
+    level = service.level
+    service.setLevel(logging.INFO)
+    service.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        service.removeHandler(handler)
+        service.setLevel(level)
+
+
+def test_the_callers_words_never_reach_the_logs(cloud):
+    # Given an answer with a word found nowhere else, and failures that take the warning paths
+    marker = f"Zanzibar{time.time_ns() % 100_000}"
+    text = f"{marker} ordered a lamp. The lamp for {marker} has shipped. It reaches {marker} on Friday."
+    with function_logs() as lines:
+        _, _, result = call_with(cloud, ["engine:part=1:permanent", "s3:put:throttle=1"], text=text)
+    # Then the functions logged what happened, but never the words
+    assert result["messages"] and len(lines) > 5
+    assert [line for line in lines if marker in line] == []
+
+
+@pytest.mark.parametrize("spec", ["engine", "engine:part=1", "engine:part=1:transient=0", "s3:get:throttle=1",
+                                  "ddb:update:throttle=2:function=", "map:duplicate=-1", "connect:retry=lots", ""])
+def test_a_bad_spec_says_what_is_accepted(spec):
+    with pytest.raises(ValueError, match="engine:part=K|must be"):
+        faults.parse(spec)
+
+
+def test_a_very_slow_first_part_is_still_heard(cloud):
+    text, before, result = call_with(cloud, ["engine:part=0:slow=8000"])
+    caller_heard(cloud, text, result, expect="complete")
+
+
+def test_a_throttle_of_a_function_that_does_not_exist_is_refused(cloud):
+    with pytest.raises(ValueError, match="not in template.yaml"):
+        with faults.injected(cloud, "ddb:get:throttle=1:function=PlanFunctoin"):
+            pass
