@@ -79,9 +79,20 @@ class Row:
     estimate: bool = False
 
 
+def _bench_reports(results: dict) -> list[dict]:
+    """The fan-out calls of a `make bench` results file (latency model on), as call reports."""
+    return [{"aws_calls": run["aws_calls"], "lambda_invocations": run["lambda_invocations_by_connect"],
+             "ttfa_ms": run["ttfa_ms"], "parts": [{"ready_ms": run["last_ready_ms"]}], "chars": run["chars"],
+             "total": run["parts_total"]}
+            for run in results["summary"]["on"].values() if run.get("mode") == "fanout" and run.get("aws_calls")]
+
+
 def load_reports(path: str) -> list[dict]:
-    """One call report, a list of them, or a results file with a list under calls/results/runs/reports."""
+    """One call report, a list of them, a results file with a list under calls/results/runs/reports, or the
+    benchmark's out/bench/results.json (its fan-out calls)."""
     data = json.loads(sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and isinstance(data.get("summary"), dict) and "on" in data["summary"]:
+        data = _bench_reports(data)
     if isinstance(data, dict) and "aws_calls" not in data:
         data = next((data[k] for k in ("calls", "results", "runs", "reports") if isinstance(data.get(k), list)), None)
     reports = [data] if isinstance(data, dict) else data
@@ -125,11 +136,12 @@ def call_rows(report: dict, *, engine: str, lambda_ms: float, start_ms: float | 
     invocations = connect_invocations + synthesize_invocations + other_invocations
 
     # On-demand units follow the whole item's size (texts included), whatever the projection: an upper bound.
-    item_bytes = MANIFEST_FIXED_BYTES + sum(len(t.encode()) + MANIFEST_BYTES_PER_PART for t in texts)
+    text_bytes = sum(len(t.encode()) for t in texts) or report.get("chars", 0) * 2  # the benchmark gives only a length
+    item_bytes = MANIFEST_FIXED_BYTES + text_bytes + MANIFEST_BYTES_PER_PART * (report.get("total") or len(parts))
     read_units = calls.get("dynamodb.GetItem", 0) * math.ceil(item_bytes / 4096)  # strongly consistent
     write_units = calls.get("dynamodb.UpdateItem", 0) * math.ceil(item_bytes / 1024)
     gets = len(parts) + calls.get("s3.GetObject", 0)  # Connect reads each part it plays once
-    characters = sum(len(t) for t in texts)
+    characters = sum(len(t) for t in texts) or report.get("chars", 0)
 
     p = {k: v.usd for k, v in PRICES.items()}
     rows = [
@@ -168,8 +180,8 @@ def _usd(value: float) -> str:
 
 def render(rows: list[Row], reports: list[dict], *, engine: str, calls: int, lambda_ms: float) -> str:
     n = len(reports)
-    parts = sum(len(r.get("parts", [])) for r in reports) / n
-    characters = sum(len(p.get("text", "")) for r in reports for p in r.get("parts", [])) / n
+    parts = sum(r.get("total") or len(r.get("parts", [])) for r in reports) / n
+    characters = sum(sum(len(p.get("text", "")) for p in r.get("parts", [])) or r.get("chars", 0) for r in reports) / n
     minutes = sum(audio_minutes(r) for r in reports) / n
     total = sum(r.usd_per_call for r in rows) * calls
     voice = minutes * PRICES["connect_voice_minute"].usd * calls

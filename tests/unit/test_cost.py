@@ -110,3 +110,16 @@ def test_the_script_prints_a_table_from_a_real_local_call(tmp_path):
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert float(total.split("$")[1].replace(",", "")) > 0
     assert "Amazon Connect voice minutes" in out
+
+
+def test_the_script_prices_the_benchmarks_fan_out_calls(cost, tmp_path):
+    results = {"summary": {"on": {
+        "en/5/fanout": {"mode": "fanout", "aws_calls": {"s3.PutObject": 10, "stepfunctions.StartExecution": 1},
+                        "lambda_invocations_by_connect": 3, "ttfa_ms": 500.0, "last_ready_ms": 900, "chars": 300,
+                        "parts_total": 5},
+        "en/5/whole": {"mode": "whole", "aws_calls": {"s3.PutObject": 1}, "lambda_invocations_by_connect": 2,
+                       "ttfa_ms": 700.0, "last_ready_ms": 600, "chars": 300, "parts_total": 1}}, "off": {}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    reports = cost.load_reports(str(path))
+    assert len(reports) == 1 and reports[0]["aws_calls"]["s3.PutObject"] == 10 and reports[0]["chars"] == 300
