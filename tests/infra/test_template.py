@@ -158,3 +158,15 @@ def test_every_aws_call_a_function_made_in_the_test_run_is_allowed_by_its_policy
                    for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
         needed = {f"{_IAM_PREFIX.get(op.split('.')[0], op.split('.')[0])}:{op.split('.')[1]}" for op in operations}
         assert needed <= allowed, f"{logical_id} calls {sorted(needed - allowed)} but its policy does not allow it"
+
+
+def test_only_the_configured_connect_instance_may_invoke_the_connect_function():
+    instance = "arn:aws:connect:us-east-1:123456789012:instance/11111111-2222-3333-4444-555555555555"
+    loaded = cfn.load(ROOT / "template.yaml", {"ConnectInstanceArn": instance})
+    loaded.physical["ConnectFunction"] = {"Ref": "fn", "Arn": "arn:aws:lambda:us-east-1:123456789012:function:fn"}
+    permission = loaded.body["Resources"]["ConnectInvokePermission"]
+    resolved = loaded.resolve(permission["Properties"])
+    assert resolved["Principal"] == "connect.amazonaws.com" and resolved["SourceArn"] == instance
+    assert permission["Condition"] == "HasConnectInstance"
+    functions = loaded.resources("AWS::Serverless::Function")
+    assert not any("Events" in f["Properties"] for f in functions.values()), "no other trigger may invoke them"
