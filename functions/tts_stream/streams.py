@@ -93,8 +93,13 @@ def _batch_size(params) -> int:
 
 
 def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_size, *, wait_ms, clock):
-    """Read the manifest once; if nothing is playable yet, poll until a part is or the wait is over."""
+    """Read the manifest once; if nothing is playable yet, poll until a part is or the wait is over.
+
+    Polls start at POLL_INTERVAL_MS and double up to 4x it: a part about to be ready is caught quickly, and a
+    long wait (a chatbot thinking) costs a few reads, not one every 50 ms.
+    """
     deadline = min(clock.now_ms() + wait_ms, request.deadline_ms)
+    interval = settings.poll_interval_ms
     while True:
         found = manifest.read(clients.ddb, settings.table_name, stream_id)
         if found is None:
@@ -104,7 +109,8 @@ def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_siz
                                    timeout_ms=settings.stream_timeout_seconds * 1000)
         if batch.indexes or batch.final or clock.now_ms() >= deadline:
             return batch, found.keys
-        clock.sleep(min(settings.poll_interval_ms, max(0, deadline - clock.now_ms())) / 1000)
+        clock.sleep(min(interval, max(0, deadline - clock.now_ms())) / 1000)
+        interval = min(interval * 2, settings.poll_interval_ms * 4)
 
 
 def _batch_reply(clients, settings, waited, batch_size, **extra):
