@@ -29,18 +29,16 @@ Fault SPEC grammar (`python -m localcloud call|stream --fault SPEC`, repeatable;
 """
 
 import argparse
-import dataclasses
 import re
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from botocore.client import BaseClient
 from botocore.errorfactory import ClientExceptionsFactory
 from botocore.exceptions import ClientError
 
+from localcloud import hooks
 from tts_stream import chunking, config, engines, pipeline
 from tts_stream.errors import PermanentSynthesisError, RetryableError
 
@@ -364,7 +362,7 @@ class Injection:
         real_get_engine = engines.get_engine
 
         def get_engine(*args, **kwargs):
-            return _PartFaultyEngine(real_get_engine(*args, **kwargs), self)
+            return hooks.HookedEngine(real_get_engine(*args, **kwargs), self.engine_fault)
 
         engines.get_engine = get_engine
         self._undo.append(lambda: setattr(engines, "get_engine", real_get_engine))
@@ -420,17 +418,7 @@ class Injection:
         self._undo.append(unhook)
 
     def _function_clients(self):
-        """The botocore clients the handler modules keep between invocations (a dict of them, a dataclass, one)."""
-        modules = {function.handler.rsplit(".", 1)[0] for function in self.cloud.functions.values()}
-        for name in sorted(modules):
-            module = sys.modules.get(name)
-            for value in list(vars(module).values()) if module else []:
-                if isinstance(value, BaseClient):
-                    yield value
-                elif isinstance(value, dict):
-                    yield from (v for v in list(value.values()) if isinstance(v, BaseClient))
-                elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-                    yield from (v for v in vars(value).values() if isinstance(v, BaseClient))
+        return hooks.handler_clients(self.cloud)
 
     def throttle(self, fault: Throttle, model):
         function, _ = _current()
@@ -465,20 +453,6 @@ def _client_error(service_model, fault: Throttle) -> ClientError:
     response = {"Error": {"Code": fault.code, "Message": f"{fault.message} (fault {fault.spec})"},
                 "ResponseMetadata": {"HTTPStatusCode": fault.status, "RequestId": "localcloud-fault"}}
     return error_class(response, fault.operation)
-
-
-class _PartFaultyEngine:
-    """The real engine, but the injection may delay or fail the part being synthesized."""
-
-    def __init__(self, engine, injection: Injection):
-        self._engine, self._injection = engine, injection
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def synthesize(self, text, voice):
-        self._injection.engine_fault(text)
-        return self._engine.synthesize(text, voice)
 
 
 @contextmanager

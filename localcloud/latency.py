@@ -36,7 +36,6 @@ tail latency, Connect's own time between flow blocks.
 """
 
 import dataclasses
-import sys
 import threading
 import time
 from collections import Counter
@@ -45,8 +44,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 from urllib.parse import unquote
 
-from botocore.client import BaseClient
 
+from localcloud import hooks
 from tts_stream import engines
 
 SOURCES = {
@@ -252,34 +251,6 @@ def _register(emitter, hooks):
         emitter.register(event, hook, unique_id=unique_id)
 
 
-def _handler_clients(cloud) -> Iterator[BaseClient]:
-    """Clients the handler modules already keep (made before the hook was on the session)."""
-    modules = {function.handler.rsplit(".", 1)[0] for function in getattr(cloud, "functions", {}).values()}
-    for name in sorted(modules):
-        module = sys.modules.get(name)
-        for value in list(vars(module).values()) if module else []:
-            if isinstance(value, BaseClient):
-                yield value
-            elif isinstance(value, dict):
-                yield from (v for v in list(value.values()) if isinstance(v, BaseClient))
-            elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-                yield from (v for v in vars(value).values() if isinstance(v, BaseClient))
-
-
-class _SlowEngine:
-    """The real engine, after the modeled first byte and per-character time."""
-
-    def __init__(self, engine, latency: Latency):
-        self._engine, self._latency = engine, latency
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def synthesize(self, text, voice):
-        self._latency.on_engine(text)
-        return self._engine.synthesize(text, voice)
-
-
 @contextmanager
 def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] = time.sleep,
             init_ms: dict[str, float] | None = None) -> Iterator[Latency]:
@@ -299,11 +270,11 @@ def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] =
     _register(boto3.DEFAULT_SESSION.events, _HOOKS)
     if cloud is not None:
         _register(cloud._session.events, _CONNECT_HOOKS)
-        for client in _handler_clients(cloud):
+        for client in hooks.handler_clients(cloud):
             _register(client.meta.events, _HOOKS)
     latency = Latency(model, sleep=sleep, init_ms=init_ms)
     real_get_engine = engines.get_engine
-    engines.get_engine = lambda *args, **kwargs: _SlowEngine(real_get_engine(*args, **kwargs), latency)
+    engines.get_engine = lambda *args, **kwargs: hooks.HookedEngine(real_get_engine(*args, **kwargs), latency.on_engine)
     latency.active = True
     _installed = latency
     try:
