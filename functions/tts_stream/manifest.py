@@ -135,26 +135,19 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
     return False, existing
 
 
-def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int) -> bool:
-    """True for exactly one caller when a stream is still `starting`, its workflow was never started and its
-    last start attempt is old: that attempt died before StartExecution, so one retry may start it again. (A
-    started chat workflow stays `starting` while the bot thinks; it must not be started twice.)"""
+def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int, after_ms: int = RESTART_AFTER_MS) -> bool:
+    """True for exactly one caller when a stream is still `starting` and its last start attempt is older than
+    `after_ms`: that attempt may have died before its workflow ran, so one retry may start it again. A chat
+    turn's workflow stays `starting` while the bot thinks, so its callers wait longer than the bot may take."""
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET start_attempt_ms = :now",
-        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff "
-                               "AND attribute_not_exists(workflow_started)",
+        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {":starting": {"S": STATUS_STARTING}, ":now": {"N": str(now_ms)},
-                                      ":cutoff": {"N": str(now_ms - RESTART_AFTER_MS)}},
+                                      ":cutoff": {"N": str(now_ms - after_ms)}},
     })
-
-
-def workflow_started(ddb, table: str, stream_id: str) -> None:
-    """StartExecution succeeded: retries must not start another workflow for this stream."""
-    ddb.update_item(TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="SET workflow_started = :t",
-                    ExpressionAttributeValues={":t": {"BOOL": True}})
 
 
 # Cached parts are marked one path each in the plan's single write; an UpdateExpression has room for this many.

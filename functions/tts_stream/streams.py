@@ -160,7 +160,8 @@ def _speak_first_part(clients, settings, stream_id: str, first: dict, *, deadlin
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     first: dict | None = None, deadline_ms: int = 0) -> str:
+                     first: dict | None = None, deadline_ms: int = 0,
+                     restart_after_ms: int = manifest.RESTART_AFTER_MS) -> str:
     """Create the stream and start its workflow once, however often Connect retries the request. Returns the
     key of part 0 when it was made playable here (spoken or found in the cache), else ""."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
@@ -168,7 +169,8 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
-                   and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms())):
+                   and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms(),
+                                              after_ms=restart_after_ms)):
         played = (_speak_first_part(clients, settings, stream_id, first, deadline_ms=deadline_ms, clock=clock)
                   if created and first else "")
         clients.sfn.start_execution(
@@ -176,7 +178,6 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
             name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
             input=json.dumps({**workflow_input, "input_hash": content_hash}, ensure_ascii=False),
         )
-        manifest.workflow_started(clients.ddb, settings.table_name, stream_id)
         return played
     return ""
 
@@ -241,7 +242,9 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
     if language != "auto":
         workflow_input["language"] = language
     content_hash = pipeline.input_hash(f"chat:{turn}:{question}", voice, language)
-    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
+    # Never a second workflow while the first may still be asking the bot (it would ask twice).
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock,
+                     restart_after_ms=settings.chat_timeout_ms + 10_000)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size, Turn=str(turn))
