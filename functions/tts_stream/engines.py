@@ -33,7 +33,13 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from tts_stream import config, secrets
 from tts_stream.audio import SUPPORTED_SAMPLE_RATES
-from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError, is_transient_aws_error
+from tts_stream.errors import (
+    InvalidInput,
+    PermanentSynthesisError,
+    RetryableError,
+    aws_error,
+    is_transient_aws_error,
+)
 
 LANGUAGES = ("en", "ko")
 
@@ -282,8 +288,7 @@ class PollyEngine:
         try:
             yield
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code, status = aws_error(error)
             if is_transient_aws_error(error):
                 raise RetryableError(f"Polly failed with {code or status} (voice {voice!r}): try again") from error
             reason = _POLLY_PERMANENT_REASONS.get(code, "Polly refused the request")

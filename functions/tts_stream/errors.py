@@ -14,11 +14,16 @@ TRANSIENT_AWS_CODES = frozenset({
 })
 
 
+def aws_error(error) -> tuple[str, int]:
+    """(error code, HTTP status) of a botocore ClientError."""
+    response = getattr(error, "response", None) or {}
+    return response.get("Error", {}).get("Code", ""), response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+
 def is_transient_aws_error(error) -> bool:
     """Throttling or a server-side failure (5xx) in a botocore ClientError: worth another try."""
-    response = getattr(error, "response", None) or {}
-    code = response.get("Error", {}).get("Code", "")
-    return code in TRANSIENT_AWS_CODES or response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    code, status = aws_error(error)
+    return code in TRANSIENT_AWS_CODES or status >= 500
 
 
 def shown(value, limit: int = 60) -> str:

@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import audio, cache, chat, chunking, conversation, engines, manifest, secrets
 from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id, part_key
-from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, is_transient_aws_error, shown
+from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, aws_error, is_transient_aws_error, shown
 
 LANGUAGES = ("auto", "en", "ko")
 _VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
@@ -119,8 +119,7 @@ def aws_errors_as_retryable():
     try:
         yield
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code, status = aws_error(error)
         if is_transient_aws_error(error):
             raise RetryableError(f"{error.operation_name} failed with {code or status}: try again") from error
         raise

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
 
-from tts_stream.errors import PermanentSynthesisError, RetryableError, is_transient_aws_error
+from tts_stream.errors import PermanentSynthesisError, RetryableError, aws_error, is_transient_aws_error
 
 SSM_PREFIX = "ssm:"
 MAX_AGE_S = 300.0
@@ -85,8 +85,7 @@ def _classified(ref: str, where: str):
     try:
         yield
     except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code, status = aws_error(error)
         if is_transient_aws_error(error):
             raise RetryableError(f"{what}: {code or status}, try again") from error
         reason = _PERMANENT_REASONS.get(code, f"the request was refused (HTTP {status})")
