@@ -124,6 +124,27 @@ class AwsCalls:
             return Counter(self.counts)
 
 
+def _patch_moto_dynamodb():
+    """Make moto's DynamoDB item operations atomic, as DynamoDB's are. moto's update_item on a new item first
+    stores the bare key and then applies the update, so a read from another thread can see an item with no
+    attributes (a state DynamoDB never shows). One lock around item operations closes that window."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_localcloud_atomic", False):
+        return
+    lock = threading.RLock()
+
+    def atomic(method):
+        def locked(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+        return locked
+
+    for name in ("get_item", "put_item", "update_item", "delete_item", "batch_get_item", "transact_write_items"):
+        setattr(DynamoDBBackend, name, atomic(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._localcloud_atomic = True
+
+
 class LocalCloud:
     def __init__(self, template_path: Path = ROOT / "template.yaml", overrides: dict[str, str] | None = None):
         self.template = cfn.load(template_path, overrides)
@@ -153,6 +174,7 @@ class LocalCloud:
         self._post("/moto-api/config", {"stepfunctions": {"execute_state_machine": True},
                                         "lambda": {"use_docker": False}})
         _patch_moto_lambda()
+        _patch_moto_dynamodb()
         # Handlers make their clients from boto3's default session: count what they ask AWS for. localcloud's
         # own clients (setup, reports) use a session of their own and are not counted.
         import boto3
