@@ -116,16 +116,23 @@ def _commands(cloud, args, out) -> int:
     return _invoke(cloud, args, out)
 
 
-def _stream(cloud, args, out) -> int:
+def _with_faults(cloud, args, run) -> dict:
+    """Run one command's work with the --fault SPECs on, and say in its report which of them fired."""
     with faults.injected(cloud, *args.fault) as injection:
-        report = runs.run_stream(cloud, args.text, stream_id=args.stream_id, voice=args.voice,
-                                 language=args.language, out_dir=args.out)
+        report = run()
     if args.fault:
         report["faults"] = injection.report()
-    if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False), file=out)
-    else:
-        print(runs.describe_stream(report), file=out)
+    return report
+
+
+def _print(report: dict, describe, args, out):
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else describe(report), file=out)
+
+
+def _stream(cloud, args, out) -> int:
+    report = _with_faults(cloud, args, lambda: runs.run_stream(
+        cloud, args.text, stream_id=args.stream_id, voice=args.voice, language=args.language, out_dir=args.out))
+    _print(report, runs.describe_stream, args, out)
     return 0 if report["status"] == "complete" else 1
 
 
@@ -139,21 +146,12 @@ def _call(cloud, args, out) -> int:
         except ValueError as error:
             print(f"error: --press {error}", file=sys.stderr)
             return 2
-        with faults.injected(cloud, *args.fault) as injection:
-            result = runs.run_chat_call(cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out)
-        if args.fault:
-            result["faults"] = injection.report()
-        print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else runs.describe_chat_call(result),
-              file=out)
+        result = _with_faults(cloud, args, lambda: runs.run_chat_call(
+            cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out))
+        _print(result, runs.describe_chat_call, args, out)
         return 0 if result["ended_by"] == "EndCall" else 1
-    with faults.injected(cloud, *args.fault) as injection:
-        result = runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out)
-    if args.fault:
-        result["faults"] = injection.report()
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
-    else:
-        print(runs.describe_call(result), file=out)
+    result = _with_faults(cloud, args, lambda: runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out))
+    _print(result, runs.describe_call, args, out)
     return 0 if result["final"] and result["status"] == "complete" else 1
 
 

@@ -9,7 +9,6 @@ from urllib.request import urlopen
 
 from localcloud import phone
 from tts_stream import audio, manifest
-from tts_stream.config import part_key
 
 STATE_MACHINE = "SynthesisStateMachine"
 _OBJECT_URL = re.compile(r"https://(?P<bucket>[a-z0-9.-]+)\.s3\.[a-z0-9-]+\.amazonaws\.com/(?P<key>.+)")
@@ -41,7 +40,7 @@ def stream_report(cloud, stream_id: str, started_ms: int, out_dir: Path | None =
         return {"stream_id": stream_id, "status": "not_found", "parts": []}
     parts = []
     for index in sorted(found.ready):
-        key = found.keys.get(index) or part_key(stream_id, index)
+        key = found.key_of(index)
         data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         wav = audio.read_connect_wav(data)
         part = {"index": index, "text": found.texts[index].strip() if found.texts else "", "key": key,
@@ -127,10 +126,8 @@ def _add_manifest_facts(cloud, result: dict, started_ms: int):
         return
     found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"],
                           with_texts=True)
-    # A part lives under its stream, or (served from the prompt cache) at its cache key.
-    where = {found.keys.get(i) or part_key(found.stream_id, i): i for i in range(found.total or 0)} if found else {}
     for part in result["parts"]:
-        index = next((i for key, i in where.items() if key in part["url"]), None)
+        index = _index_of(found, part["url"])
         if index is None:
             index = int(_PART_NAME.search(part["url"]).group(1))
         part["index"] = index
@@ -138,6 +135,13 @@ def _add_manifest_facts(cloud, result: dict, started_ms: int):
             part["text"] = found.texts[index].strip() if found.texts else ""
             part["ready_ms"] = found.ready.get(index, 0) - started_ms
     result["total"] = found.total if found else None
+
+
+def _index_of(found, url: str) -> int | None:
+    """Which part of the stream a played URL was (it names the part's own key or its prompt-cache key)."""
+    if found is None:
+        return None
+    return next((i for i in range(found.total or 0) if found.key_of(i) in url), None)
 
 
 def describe_call(result: dict) -> str:
@@ -192,8 +196,7 @@ def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0
         found = manifest.read(ddb, table, turn["stream_id"], with_texts=True) if turn.get("stream_id") else None
         turn["status"] = found.status if found else None
         turn["total"] = found.total if found else None
-        where = {found.keys.get(i) or part_key(found.stream_id, i): i for i in range(found.total or 0)} if found else {}
-        turn["indexes"] = [next((i for key, i in where.items() if key in url), None) for url in turn["parts"]]
+        turn["indexes"] = [_index_of(found, url) for url in turn["parts"]]
         turn["texts"] = [found.texts[i].strip() if found and found.texts and i is not None else ""
                          for i in turn["indexes"]]
         turn["ready_ms"] = [found.ready.get(i, 0) - started_ms if found and i is not None else None

@@ -58,6 +58,10 @@ class Manifest:
     created_ms: int = 0
     texts: list[str] | None = None
 
+    def key_of(self, index: int) -> str:
+        """The S3 key part `index` plays from: its prompt-cache object, or its own object under the stream."""
+        return self.keys.get(index) or part_key(self.stream_id, index)
+
 
 def _number(item, name):
     return int(item[name]["N"]) if name in item else None

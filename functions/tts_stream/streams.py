@@ -19,7 +19,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import batches, cache, conversation, manifest, pipeline
-from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id, part_key
+from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
 from tts_stream.errors import InvalidInput, StreamConflict, is_transient_aws_error, shown
 
 logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
@@ -65,10 +65,9 @@ def error_reply(status: str, message: str, *, stream_id: str = "", next_index: i
     return reply(batches.Batch(stream_id, status, (), next_index, True, message), [], batch_size)
 
 
-def part_url(clients: Clients, settings: Settings, stream_id: str, index: int, key: str = "") -> str:
-    """The URL Play prompt fetches: the part under its stream, or its prompt-cache object. Presigning is
-    computed locally: no S3 request per batch."""
-    key = key or part_key(stream_id, index)
+def part_url(clients: Clients, settings: Settings, key: str) -> str:
+    """The URL Play prompt fetches for a part's S3 key (its own object, or its prompt-cache object).
+    Presigning is computed locally: no S3 request per batch."""
     if settings.prompt_url_mode == "presigned":
         return clients.s3.generate_presigned_url(
             "get_object", Params={"Bucket": settings.bucket_name, "Key": key}, ExpiresIn=900)
@@ -104,18 +103,18 @@ def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_siz
         found = manifest.read(clients.ddb, settings.table_name, stream_id)
         if found is None:
             return batches.Batch(stream_id, "not_found", (), next_index, True,
-                                 f"stream {stream_id} does not exist (or has expired)"), {}
+                                 f"stream {stream_id} does not exist (or has expired)"), None
         batch = batches.next_batch(found, next_index, batch_size, now_ms=clock.now_ms(),
                                    timeout_ms=settings.stream_timeout_seconds * 1000)
         if batch.indexes or batch.final or clock.now_ms() >= deadline:
-            return batch, found.keys
+            return batch, found
         clock.sleep(min(interval, max(0, deadline - clock.now_ms())) / 1000)
         interval = min(interval * 2, settings.poll_interval_ms * 4)
 
 
 def _batch_reply(clients, settings, waited, batch_size, **extra):
-    batch, keys = waited
-    urls = [part_url(clients, settings, batch.stream_id, i, keys.get(i, "")) for i in batch.indexes]
+    batch, found = waited
+    urls = [part_url(clients, settings, found.key_of(i)) for i in batch.indexes]
     return reply(batch, urls, batch_size, **extra)
 
 
@@ -210,7 +209,7 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
     if played:
         # Part 0 was made playable just now and nothing else can be yet: reply without reading the manifest.
         return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (0,), 1, False, ""),
-                     [part_url(clients, settings, stream_id, 0, played)], batch_size)
+                     [part_url(clients, settings, played)], batch_size)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)
