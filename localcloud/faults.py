@@ -344,19 +344,19 @@ class Injection:
 
     # -- the engine ----------------------------------------------------------------------------------------
     def _watch_parts(self):
-        """Note which part is being spoken: every function that speaks one calls pipeline.synthesize_part."""
-        real = pipeline.synthesize_part
+        """Note which part is being spoken: every function that speaks one calls pipeline.speak_part."""
+        real = pipeline.speak_part
 
-        def synthesize_part(*args, **kwargs):
+        def speak_part(settings, part):
             saved = _speaking()
-            _running.part = _part_of(kwargs["part"] if "part" in kwargs else args[3] if len(args) > 3 else None)
+            _running.part = _part_of(part)
             try:
-                return real(*args, **kwargs)
+                return real(settings, part)
             finally:
                 _running.part = saved
 
-        pipeline.synthesize_part = synthesize_part
-        self._undo.append(lambda: setattr(pipeline, "synthesize_part", real))
+        pipeline.speak_part = speak_part
+        self._undo.append(lambda: setattr(pipeline, "speak_part", real))
 
     def _wrap_engines(self):
         real_get_engine = engines.get_engine

@@ -47,7 +47,7 @@ def stream_report(cloud, stream_id: str, started_ms: int, out_dir: Path | None =
                 "ready_ms": found.ready[index] - started_ms, "bytes": len(data), "duration_ms": round(wav.duration_ms)}
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-            path = out_dir / Path(key).name
+            path = out_dir / f"part{index:04d}.wav"  # whether it plays from the stream's key or the cache's
             path.write_bytes(data)
             part["file"] = str(path)
         parts.append(part)

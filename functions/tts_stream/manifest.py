@@ -72,18 +72,25 @@ def _from_item(item) -> Manifest:
     texts = [t["S"] for t in item["texts"]["L"]] if "texts" in item else None
     keys = {int(k): v["S"] for k, v in item.get("keys", {}).get("M", {}).items()}
     engine_settings = {k: v["S"] for k, v in item.get("engine_settings", {}).get("M", {}).items()}
+    total, failed_index = _number(item, "total"), _number(item, "failed_index")
+    status = item["status"]["S"]
+    if status == STATUS_STREAMING and total is not None and failed_index is None and all(
+            i in ready for i in range(total)):
+        # Every part is ready: the stream is complete whether or not Finish has written so yet (part 0, spoken
+        # by ConnectFunction, may become ready after the workflow has finished the rest).
+        status = STATUS_COMPLETE
     return Manifest(
         stream_id=item["stream_id"]["S"],
-        status=item["status"]["S"],
+        status=status,
         input_hash=item.get("input_hash", {}).get("S", ""),
-        total=_number(item, "total"),
+        total=total,
         engine=item.get("engine", {}).get("S", ""),
         voice=item.get("voice", {}).get("S", ""),
         language=item.get("language", {}).get("S", ""),
         ready=ready,
         keys=keys,
         engine_settings=engine_settings,
-        failed_index=_number(item, "failed_index"),
+        failed_index=failed_index,
         error=item.get("error", {}).get("S", ""),
         created_ms=_number(item, "created_ms") or 0,
         start_attempt_ms=_number(item, "start_attempt_ms") or 0,
@@ -228,19 +235,6 @@ def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int, key:
     })
 
 
-def mark_cached(ddb, table: str, stream_id: str, index: int, key: str, *, now_ms: int) -> bool:
-    """Make a part ready from the prompt cache before the stream is planned (the plan then lists it too)."""
-    return _conditional(ddb, {
-        "TableName": table,
-        "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now), #keys.#i = if_not_exists(#keys.#i, :key)",
-        "ConditionExpression": "#status = :starting",
-        "ExpressionAttributeNames": {"#ready": "ready", "#keys": "keys", "#i": str(index), "#status": "status"},
-        "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":key": {"S": key},
-                                      ":starting": {"S": STATUS_STARTING}},
-    })
-
-
 def mark_part_failed(ddb, table: str, stream_id: str, index: int, message: str) -> bool:
     """Record that part `index` failed for good, keeping the lowest failed index.
 
@@ -279,29 +273,34 @@ def cancel(ddb, table: str, stream_id: str) -> bool:
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :cancelled",
-        "ConditionExpression": "#status IN (:starting, :streaming)",
-        "ExpressionAttributeNames": {"#status": "status"},
+        # A stream whose parts are all ready is complete (see _from_item), even before Finish says so.
+        "ConditionExpression": "#status IN (:starting, :streaming) AND NOT size(#ready) = #total",
+        "ExpressionAttributeNames": {"#status": "status", "#ready": "ready", "#total": "total"},
         "ExpressionAttributeValues": {":cancelled": {"S": STATUS_CANCELLED}, ":starting": {"S": STATUS_STARTING},
                                       ":streaming": {"S": STATUS_STREAMING}},
     })
 
 
-def finish(ddb, table: str, stream_id: str, *, reason: str = "") -> Manifest:
+def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int] | None = None) -> Manifest:
     """Record the outcome once every part has been tried: `complete`, or `failed` with the first failed index.
 
     The outcome is derived from the ready marks, not from what the workflow believes, so a part lost on the
-    way cannot leave the stream `complete` with a hole in it. A cancelled stream stays cancelled.
+    way cannot leave the stream `complete` with a hole in it. `owned`: the parts this workflow run answers for
+    (default all); a missing part someone else is speaking (part 0, by ConnectFunction) is not this run's
+    failure, and the stream is complete once that part is ready too. A cancelled stream stays cancelled.
     """
     manifest = read(ddb, table, stream_id)
     if manifest is None:
         raise StreamConflict(f"stream {stream_id} has no manifest to finish")
     if manifest.status == STATUS_CANCELLED:
         return manifest
-    missing = [i for i in range(manifest.total or 0) if i not in manifest.ready]
-    if manifest.total is None or manifest.failed_index is not None or missing:
-        fail_stream(ddb, table, stream_id,
-                    manifest.error or reason or f"part {missing[0] if missing else 0} was never synthesized")
-    else:
+    missing = [i for i in range(manifest.total or 0) if i not in manifest.ready and (owned is None or i in owned)]
+    if manifest.total is None:
+        fail_stream(ddb, table, stream_id, manifest.error or reason or "part 0 was never synthesized")
+    elif missing:  # the stream fails at its first such part (or stays failed at an earlier one)
+        mark_part_failed(ddb, table, stream_id, missing[0],
+                         manifest.error or reason or f"part {missing[0]} was never synthesized")
+    elif manifest.status == STATUS_COMPLETE:  # every part is ready (see _from_item): say so in the item too
         _conditional(ddb, {
             "TableName": table,
             "Key": {"stream_id": {"S": stream_id}},

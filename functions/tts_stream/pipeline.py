@@ -99,6 +99,7 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         )
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
+    first = first_part_role(event)
     # Cache keys come from what the manifest pinned, not from this run: a repeated plan (a second workflow
     # for the same stream) may have been given other text, and must not file one text's audio under another's.
     parts = [
@@ -107,10 +108,31 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
          "cache_key": cache.key_for(planned.engine, planned.engine_settings, planned.voice, t) if keys else "",
          "planned_ms": now_ms}
         for i, t in enumerate(todo)
-        if i not in planned.ready
+        if i not in planned.ready and (i == 0 if first == FIRST_PART_ONLY else i > 0 or first != FIRST_PART_INLINE)
     ]
-    return {"stream_id": stream_id, "total": planned.total, "parts": parts,
+    return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
             "max_concurrency": settings.map_max_concurrency, "first_part_cached": 0 in planned.keys}
+
+
+# Who speaks part 0 (the workflow input's `first_part`): "" this run, like every part; "inline" ConnectFunction,
+# while this run speaks the rest; "only" this run, and nothing else (ConnectFunction could not speak it in time).
+FIRST_PART_INLINE, FIRST_PART_ONLY = "inline", "only"
+
+
+def first_part_role(event) -> str:
+    role = event.get("first_part") or ""
+    if role not in ("", FIRST_PART_INLINE, FIRST_PART_ONLY):
+        raise InvalidInput(f"first_part {shown(role)} is not known; use inline or only (or leave it out)")
+    return role
+
+
+def owned_parts(role: str, total: int | None) -> set[int] | None:
+    """The parts a workflow run answers for at Finish (None: all of them)."""
+    if role == FIRST_PART_INLINE:
+        return set(range(1, total if isinstance(total, int) else 0))
+    if role == FIRST_PART_ONLY:
+        return {0}
+    return None
 
 
 @contextmanager
@@ -127,12 +149,9 @@ def aws_errors_as_retryable():
         raise RetryableError(f"AWS request failed: {error}") from error
 
 
-def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
-    """Speak one part with the stream's pinned engine and voice, store its WAV, then mark it ready.
-
-    The object is written before the mark, so a part marked ready is always complete; writing the same key
-    again (at-least-once delivery) leaves one object.
-    """
+def speak_part(settings: Settings, part: dict) -> tuple[bytes, float]:
+    """One part's speech as Connect's WAV, with the stream's pinned engine and voice: (wav, engine ms).
+    Validates the part first; touches no AWS resource."""
     stream_id = check_stream_id(part.get("stream_id"))
     index = part.get("index")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_PARTS:
@@ -145,23 +164,45 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
     engine_started = time.perf_counter()
     speech = engine.synthesize(text.strip(), part.get("voice") or "")
     engine_ms = (time.perf_counter() - engine_started) * 1000
-    wav = audio.to_connect_wav(speech.pcm16, speech.sample_rate)
-    key = part_key(stream_id, index)
+    return audio.to_connect_wav(speech.pcm16, speech.sample_rate), engine_ms
+
+
+def store_key(settings: Settings, part: dict) -> str:
+    """Where a new part's audio goes: its prompt-cache object (written once, found again by any later stream
+    that says the same), or, with the cache off, its own object under the stream."""
     cache_key = part.get("cache_key") or ""
+    if cache_key and settings.prompt_cache:
+        return cache.object_key(cache_key)
+    return part_key(part["stream_id"], part["index"])
+
+
+def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms) -> str:
+    """Write a spoken part to S3, then mark it ready (the object first, so a part marked ready is always
+    complete), then index it in the prompt cache (the object first, so an entry never points at nothing).
+    Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile."""
+    stream_id, index = part["stream_id"], part["index"]
+    key = store_key(settings, part)
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
         marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
-        if marked and cache_key and settings.prompt_cache:
-            # After the mark, off the caller's path; the cache object before its index entry, so a later
-            # stream never finds an entry whose audio is missing.
-            s3.put_object(Bucket=settings.bucket_name, Key=cache.object_key(cache_key), Body=wav,
-                          ContentType="audio/wav")
-            cache.remember(ddb, settings.cache_table, cache_key, now_ms=now_ms(),
+        if marked and key != part_key(stream_id, index):
+            cache.remember(ddb, settings.cache_table, part["cache_key"], now_ms=now_ms(),
                            retention_days=settings.cache_retention_days)
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
+    return key
+
+
+def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
+    """Speak one part with the stream's pinned engine and voice, store its WAV, then mark it ready.
+
+    Writing the same key again (at-least-once delivery) leaves one object, and the first ready mark stands.
+    """
+    wav, engine_ms = speak_part(settings, part)
+    key = store_part(ddb, s3, settings, part, wav, now_ms=now_ms)
     planned = part.get("planned_ms")
-    return {"stream_id": stream_id, "index": index, "key": key, "bytes": len(wav), "engine_ms": round(engine_ms, 1),
+    return {"stream_id": part["stream_id"], "index": part["index"], "key": key, "bytes": len(wav),
+            "engine_ms": round(engine_ms, 1),
             "ready_after_ms": now_ms() - planned if isinstance(planned, int) and planned > 0 else None}
 
 
@@ -179,7 +220,7 @@ def first_part(settings: Settings, text: str, voice: str, language: str) -> dict
     identity = engine.identity()
     text0 = texts[0] if texts else ""
     return {"index": 0, "text": text0, "engine": settings.tts_engine, "voice": voice, "language": language,
-            "engine_settings": identity,
+            "engine_settings": identity, "total": len(texts),
             "cache_key": cache.key_for(settings.tts_engine, identity, voice, text0) if settings.prompt_cache else ""}
 
 
@@ -216,8 +257,9 @@ def finish_stream(ddb, settings: Settings, event) -> dict:
     stream_id = check_stream_id(event.get("stream_id") if isinstance(event, dict) else None)
     # Set when the Map itself failed (not one part): its reason is what the stream failed of.
     reason = failure_message(event["map_failure"]) if event.get("map_failure") else ""
+    owned = owned_parts(first_part_role(event), event.get("total"))
     with aws_errors_as_retryable():
-        finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason)
+        finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason, owned=owned)
     return {"stream_id": stream_id, "status": finished.status, "total": finished.total,
             "failed_index": finished.failed_index, "error": finished.error}
 

@@ -19,8 +19,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import batches, cache, conversation, manifest, pipeline
-from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
-from tts_stream.errors import InvalidInput, StreamConflict, is_transient_aws_error, shown
+from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id
+from tts_stream.errors import InvalidInput, StreamCancelled, StreamConflict, is_transient_aws_error, shown
 
 logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
 metrics = Metrics()  # Powertools shares one metric set per process: the handler's log_metrics flushes these
@@ -118,66 +118,134 @@ def _batch_reply(clients, settings, waited, batch_size, **extra):
     return reply(batch, urls, batch_size, **extra)
 
 
-# Leave this much of the invocation for StartExecution, its marker and the reply after speaking part 0.
+# Leave this much of the invocation for the reply (and, if part 0 could not be spoken, starting its workflow).
 _AFTER_FIRST_PART_MS = 1500
 
 
-def _speak_first_part(clients, settings, stream_id: str, first: dict, *, deadline_ms: int, clock) -> str:
-    """Speak part 0 here, before the workflow starts: the caller's first words then wait for one engine call,
-    one S3 write and one manifest write, not for Step Functions and two Lambda invocations. The workflow's plan
-    sees part 0 ready and does not speak it again; if this fails or is too slow for Connect's deadline, the
-    workflow speaks it as any other part. Returns the key part 0 plays from, or "" when it is not ready."""
-    started = clock.now_ms()
-    budget_ms = deadline_ms - started - _AFTER_FIRST_PART_MS
-    if budget_ms <= 0:
-        return ""
-    outcome = {}
+class _Background:
+    """One call on a thread of its own. `wait` gives up at its timeout; the thread may go on, but never past the
+    invocation: Lambda freezes it with the environment, so whatever it does later is only ever a duplicate."""
 
-    def speak():
+    def __init__(self, call, name: str):
+        self.value, self.error = None, None
+        self._thread = threading.Thread(target=self._run, args=(call,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, call):
         try:
-            key = first["cache_key"]
-            if key and cache.lookup(clients.ddb, settings.cache_table, [key], now_ms=started,
-                                    retention_days=settings.cache_retention_days):
-                played = cache.object_key(key)
-                if manifest.mark_cached(clients.ddb, settings.table_name, stream_id, 0, played, now_ms=started):
-                    outcome["key"] = played
-            else:
-                outcome["key"] = pipeline.synthesize_part(
-                    clients.ddb, clients.s3, settings, {**first, "stream_id": stream_id}, now_ms=clock.now_ms)["key"]
-        except Exception:  # the workflow is the path that records failures; this is only a head start
-            logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+            self.value = call()
+        except Exception as error:  # handed to whoever waits
+            self.error = error
 
-    # A thread, so a slow engine cannot hold the reply past Connect's limit: past the budget the workflow is
-    # started anyway and the reply waits for whichever speaks part 0 first.
-    worker = threading.Thread(target=speak, name="first-part", daemon=True)
-    worker.start()
-    worker.join(budget_ms / 1000)
-    if "key" in outcome:
-        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, clock.now_ms() - started)
-        return outcome["key"]
-    return ""
+    def wait(self, timeout_s: float | None = None) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def result(self):
+        """Wait for the call and return its value, or raise what it raised."""
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _FirstPart:
+    """Part 0, spoken here from the moment the request is understood, while the stream is created and its
+    workflow started: the caller's first words then wait for one engine call, one S3 write and one manifest
+    write. The workflow is told (first_part=inline) to leave part 0 alone.
+
+    A part found in the prompt cache is not spoken at all; a part spoken here is stored only once the stream
+    exists and is ours (`begun`), never for a retry of a stream someone else started."""
+
+    def __init__(self, clients, settings, stream_id: str, first: dict, *, clock):
+        self.clients, self.settings, self.clock = clients, settings, clock
+        self.part = {**first, "stream_id": stream_id}
+        self.started_ms = clock.now_ms()
+        self._begun = threading.Event()
+        self._ours = False
+        self._work = _Background(self._speak, "first-part")
+
+    def _speak(self) -> tuple[str, str]:
+        """("cached", key) or ("stored", key) or ("", "") when the stream turned out not to be ours."""
+        key = self.part["cache_key"]
+        if key and self._cached(key):
+            return "cached", cache.object_key(key)
+        wav, _ = pipeline.speak_part(self.settings, self.part)
+        self._begun.wait()
+        if not self._ours:
+            return "", ""
+        return "stored", pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
+                                             now_ms=self.clock.now_ms)
+
+    def _cached(self, key: str) -> bool:
+        try:
+            return key in cache.lookup(self.clients.ddb, self.settings.cache_table, [key], now_ms=self.started_ms,
+                                       retention_days=self.settings.cache_retention_days)
+        except (ClientError, BotoCoreError):
+            logger.warning("prompt cache lookup failed; speaking part 0", exc_info=True)
+            return False  # a miss: the part is spoken
+
+    def begun(self, ours: bool):
+        """The stream exists now; `ours` if this request created it (else part 0 is not stored here)."""
+        self._ours = ours
+        self._begun.set()
+
+    def ready(self, *, deadline_ms: int) -> str | None:
+        """The key part 0 plays from; "" if the stream was cancelled meanwhile; None if it could not be made
+        ready here in time (the engine failed, or is slower than Connect's deadline allows)."""
+        budget_ms = deadline_ms - self.clock.now_ms() - _AFTER_FIRST_PART_MS
+        if not self._work.wait(max(budget_ms, 0) / 1000):
+            logger.warning("part 0 is too slow to speak within Connect's deadline; the workflow will speak it")
+            return None
+        try:
+            how, key = self._work.result()
+            if how == "cached" and not manifest.mark_ready(self.clients.ddb, self.settings.table_name,
+                                                           self.part["stream_id"], 0, now_ms=self.clock.now_ms(),
+                                                           key=key):
+                return ""
+        except StreamCancelled:
+            return ""
+        except Exception:  # the workflow is the path that retries and records failures; this is a head start
+            logger.warning("part 0 could not be spoken inline; the workflow will speak it", exc_info=True)
+            return None
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, self.clock.now_ms() - self.started_ms)
+        return key
+
+
+def _start_workflow(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, first_part: str = ""):
+    payload = {**workflow_input, "input_hash": content_hash, **({"first_part": first_part} if first_part else {})}
+    clients.sfn.start_execution(stateMachineArn=settings.state_machine_arn,
+                                name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
+                                input=json.dumps(payload, ensure_ascii=False))
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
                      first: dict | None = None, deadline_ms: int = 0,
                      restart_after_ms: int = manifest.RESTART_AFTER_MS) -> str:
-    """Create the stream and start its workflow once, however often Connect retries the request. Returns the
-    key of part 0 when it was made playable here (spoken or found in the cache), else ""."""
-    created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
-                                    now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+    """Create the stream and start its workflow once, however often Connect retries the request. With `first`,
+    part 0 is spoken here meanwhile; returns the key it plays from when it was made ready here, else ""."""
+    speaking = _FirstPart(clients, settings, stream_id, first, clock=clock) if first else None
+    created = False
+    try:
+        created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
+                                        now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+    finally:
+        if speaking:
+            speaking.begun(created)
+    if created and speaking:
+        starting = _Background(lambda: _start_workflow(clients, settings, stream_id, content_hash, workflow_input,
+                                                       pipeline.FIRST_PART_INLINE), "start-workflow")
+        played = speaking.ready(deadline_ms=deadline_ms)
+        starting.result()
+        if played is None:  # not spoken here: a run of its own speaks part 0, with the workflow's retries
+            _start_workflow(clients, settings, stream_id, content_hash, workflow_input, pipeline.FIRST_PART_ONLY)
+        return played or ""
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms(),
                                               after_ms=restart_after_ms)):
-        played = (_speak_first_part(clients, settings, stream_id, first, deadline_ms=deadline_ms, clock=clock)
-                  if created and first else "")
-        clients.sfn.start_execution(
-            stateMachineArn=settings.state_machine_arn,
-            name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
-            input=json.dumps({**workflow_input, "input_hash": content_hash}, ensure_ascii=False),
-        )
-        return played
+        _start_workflow(clients, settings, stream_id, content_hash, workflow_input)
     return ""
 
 
@@ -199,6 +267,8 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
         # Resolve the voice now, so part 0 (spoken here) and the workflow's parts share it.
         first = pipeline.first_part(settings, text, voice, language)
         voice, language = first["voice"], first["language"]
+        if not 1 <= first["total"] <= MAX_PARTS:
+            first = None  # nothing to speak, or too much: the workflow's plan says so, and the flow hears it
     workflow_input = {"stream_id": stream_id, "text": text}
     if voice:
         workflow_input["voice"] = voice
@@ -208,8 +278,10 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
                               deadline_ms=request.deadline_ms)
     if played:
         # Part 0 was made playable just now and nothing else can be yet: reply without reading the manifest.
-        return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (0,), 1, False, ""),
-                     [part_url(clients, settings, played)], batch_size)
+        # An answer of one part is then complete (the workflow's plan makes the same parts from the same text).
+        only = first["total"] == 1
+        return reply(batches.Batch(stream_id, manifest.STATUS_COMPLETE if only else manifest.STATUS_STREAMING,
+                                   (0,), 1, only, ""), [part_url(clients, settings, played)], batch_size)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)

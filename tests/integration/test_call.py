@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 from localcloud import runs
-from tts_stream import audio
-from tts_stream.config import part_key
+from tts_stream import audio, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEN_SENTENCES = (
@@ -34,7 +33,8 @@ def test_a_call_plays_every_part_once_in_order_and_ends_final(cloud, setting, tm
 
     # The caller's recording is exactly the parts' audio, in order
     s3, bucket = cloud.client("s3"), cloud.physical("AudioBucket")
-    parts = [audio.read_connect_wav(s3.get_object(Bucket=bucket, Key=part_key(result["stream_id"], i))["Body"].read())
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"])
+    parts = [audio.read_connect_wav(s3.get_object(Bucket=bucket, Key=found.key_of(i))["Body"].read())
              for i in indexes]
     heard = audio.read_connect_wav((tmp_path / "call.wav").read_bytes())
     assert heard.ulaw == b"".join(p.ulaw for p in parts)

@@ -87,7 +87,9 @@ def test_start_stream_hands_back_part_0_in_the_first_batch(cloud):
     assert reply["Status"] in ("streaming", "complete")
     assert reply["StreamId"].startswith(contact)
     assert int(reply["Count"]) >= 1
-    assert reply["Part0Url"].endswith("/part0000.wav")
+    # A new part is written once, to the prompt cache's content-addressed key (the cache is on by default)
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), reply["StreamId"])
+    assert found.key_of(0).startswith("cache/") and reply["Part0Url"].endswith("/" + found.key_of(0))
     assert reply["NextIndex"] == reply["Count"]
     assert set(reply) == {"StreamId", "Status", "Count", "NextIndex", "Final", "Error",
                           *(f"Part{i}Url" for i in range(5))}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from localcloud import runs
+from tts_stream import manifest
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
@@ -27,7 +28,8 @@ def test_start_then_next_batch_then_stop_events_serve_one_stream(cloud):
     assert started["StreamId"] == "demo-order-status" and started["Count"] != "0"
     runs.wait_for_executions(cloud)
     batch = cloud.invoke("ConnectFunction", load("connect-get-next-batch.json"))
-    assert batch["Status"] == "complete" and batch["Part0Url"].endswith("part0000.wav")
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), "demo-order-status")
+    assert batch["Status"] == "complete" and batch["Part0Url"].endswith("/" + found.key_of(0))
 
 
 def test_the_bad_request_event_gets_a_clear_error(cloud):
