@@ -209,12 +209,15 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
     except ddb.exceptions.ConditionalCheckFailedException:
         pass
     existing = read(ddb, table, stream_id, with_texts=True)
-    if existing is None:
-        begin(ddb, table, stream_id, input_hash, now_ms=now_ms, ttl_hours=ttl_hours)
+    if existing is not None and existing.input_hash != input_hash:
+        raise _conflict(stream_id)
+    if existing is None or existing.status == STATUS_STARTING:
+        # Not begun yet (a workflow started directly), or begun between our write and our read (a twin run of
+        # the same stream began it): plan it now. A twin that plans first makes our next write find it planned.
+        if existing is None:
+            begin(ddb, table, stream_id, input_hash, now_ms=now_ms, ttl_hours=ttl_hours)
         return plan(ddb, table, stream_id, input_hash, texts=texts, engine=engine, voice=voice, language=language,
                     now_ms=now_ms, ttl_hours=ttl_hours, engine_settings=engine_settings, cached=cached)
-    if existing.input_hash != input_hash:
-        raise _conflict(stream_id)
     return existing  # planned before (or failed, or cancelled): nothing to change
 
 

@@ -121,3 +121,27 @@ def test_aws_throttling_and_5xx_become_retryable_and_the_rest_do_not(cloud, code
                                 ExpressionAttributeValues={":a": {"S": "x"}})
     assert isinstance(raised.value, RetryableError) == retryable
 
+
+
+def test_a_plan_that_finds_the_stream_begun_by_a_twin_run_still_plans_it(ddb, table, stream_id):
+    # Given a twin workflow run that begins the stream just after our plan's write found no stream
+    class TwinBeginsFirst:
+        def __init__(self, real):
+            self.real, self.exceptions, self.raced = real, real.exceptions, False
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def update_item(self, **request):
+            if not self.raced and "#texts" in request.get("UpdateExpression", ""):
+                self.raced = True
+                manifest.begin(self.real, table, stream_id, "a" * 64, now_ms=now_ms(), ttl_hours=1)
+                raise self.real.exceptions.ConditionalCheckFailedException(
+                    {"Error": {"Code": "ConditionalCheckFailedException"}}, "UpdateItem")
+            return self.real.update_item(**request)
+
+    # When our plan then reads the stream begun but not planned
+    result = planned(TwinBeginsFirst(ddb), table, stream_id, total=3)
+
+    # Then it plans it, rather than handing the Map nothing to do (which failed the stream at Finish)
+    assert result.status == "streaming" and result.total == 3 and len(result.texts) == 3
