@@ -176,18 +176,30 @@ def store_key(settings: Settings, part: dict) -> str:
     return part_key(part["stream_id"], part["index"])
 
 
-def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms) -> str:
+def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms, index_meanwhile=None) -> str:
     """Write a spoken part to S3, then mark it ready (the object first, so a part marked ready is always
-    complete), then index it in the prompt cache (the object first, so an entry never points at nothing).
-    Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile."""
+    complete) and index it in the prompt cache (the object first, so an entry never points at nothing).
+    Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile.
+
+    `index_meanwhile(call)` may run the cache index write alongside the ready mark (ConnectFunction does, for
+    part 0: the caller waits for the mark, not for the index)."""
     stream_id, index = part["stream_id"], part["index"]
     key = store_key(settings, part)
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
+
+        def index_it():
+            if key != part_key(stream_id, index):
+                with aws_errors_as_retryable():
+                    cache.remember(ddb, settings.cache_table, part["cache_key"], now_ms=now_ms(),
+                                   retention_days=settings.cache_retention_days)
+
+        pending = index_meanwhile(index_it) if index_meanwhile else None
         marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
-        if marked and key != part_key(stream_id, index):
-            cache.remember(ddb, settings.cache_table, part["cache_key"], now_ms=now_ms(),
-                           retention_days=settings.cache_retention_days)
+        if pending is None and marked:
+            index_it()
+        elif pending is not None:
+            pending()  # waits for the index write
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
     return key

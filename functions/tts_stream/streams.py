@@ -175,7 +175,9 @@ class _FirstPart:
         if not self._ours:
             return "", ""
         return "stored", pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
-                                             now_ms=self.clock.now_ms)
+                                             now_ms=self.clock.now_ms,
+                                             # best effort: a lost index entry only costs a later cache hit
+                                             index_meanwhile=lambda call: _Background(call, "first-part-index").wait)
 
     def _cached(self, key: str) -> bool:
         try:
