@@ -18,7 +18,7 @@ Item attributes:
 Every write is a single conditional UpdateItem, so concurrent and repeated deliveries cannot corrupt an item.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tts_stream.config import part_key
 from tts_stream.errors import StreamConflict
@@ -72,30 +72,37 @@ def _from_item(item) -> Manifest:
     texts = [t["S"] for t in item["texts"]["L"]] if "texts" in item else None
     keys = {int(k): v["S"] for k, v in item.get("keys", {}).get("M", {}).items()}
     engine_settings = {k: v["S"] for k, v in item.get("engine_settings", {}).get("M", {}).items()}
-    total, failed_index = _number(item, "total"), _number(item, "failed_index")
-    status = item["status"]["S"]
-    if status == STATUS_STREAMING and total is not None and failed_index is None and all(
-            i in ready for i in range(total)):
-        # Every part is ready: the stream is complete whether or not Finish has written so yet (part 0, spoken
-        # by ConnectFunction, may become ready after the workflow has finished the rest).
-        status = STATUS_COMPLETE
-    return Manifest(
+    return _settled(Manifest(
         stream_id=item["stream_id"]["S"],
-        status=status,
+        status=item["status"]["S"],
         input_hash=item.get("input_hash", {}).get("S", ""),
-        total=total,
+        total=_number(item, "total"),
         engine=item.get("engine", {}).get("S", ""),
         voice=item.get("voice", {}).get("S", ""),
         language=item.get("language", {}).get("S", ""),
         ready=ready,
         keys=keys,
         engine_settings=engine_settings,
-        failed_index=failed_index,
+        failed_index=_number(item, "failed_index"),
         error=item.get("error", {}).get("S", ""),
         created_ms=_number(item, "created_ms") or 0,
         start_attempt_ms=_number(item, "start_attempt_ms") or 0,
         texts=texts,
-    )
+    ))
+
+
+def _settled(manifest: Manifest) -> Manifest:
+    """Every part ready: the stream is complete whether or not Finish has written so yet (part 0, spoken by
+    ConnectFunction, may become ready after the workflow has finished the rest, or with no workflow at all)."""
+    if manifest.status == STATUS_STREAMING and manifest.total is not None and manifest.failed_index is None and all(
+            i in manifest.ready for i in range(manifest.total)):
+        return replace(manifest, status=STATUS_COMPLETE)
+    return manifest
+
+
+def with_ready(manifest: Manifest, index: int, key: str, *, now_ms: int) -> Manifest:
+    """The manifest as it stands after part `index` was marked ready with `key` (without reading it again)."""
+    return _settled(replace(manifest, ready={**manifest.ready, index: now_ms}, keys={**manifest.keys, index: key}))
 
 
 def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manifest | None:
@@ -140,6 +147,43 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
     })
     if created:
         return True, Manifest(stream_id, STATUS_STARTING, input_hash, created_ms=now_ms, start_attempt_ms=now_ms)
+    existing = read(ddb, table, stream_id)
+    if existing is None or existing.input_hash != input_hash:
+        raise _conflict(stream_id)
+    return False, existing
+
+
+def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
+                  language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
+                  cached: dict[int, str] | None = None) -> tuple[bool, Manifest]:
+    """Create the stream already planned (begin and plan in one write), as ConnectFunction does for an answer
+    it splits itself: (True, manifest) if this call created it, (False, manifest) for a retry of the same
+    input; StreamConflict if the id is taken by a different input. Cached parts (index -> key) start ready."""
+    cached = cached or {}
+    created = _conditional(ddb, {
+        "TableName": table,
+        "Key": {"stream_id": {"S": stream_id}},
+        "UpdateExpression": "SET #status = :streaming, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
+                            "expires_at = :exp, #ready = :ready, #keys = :keys, #total = :total, #texts = :texts, "
+                            "#engine = :engine, #voice = :voice, #language = :language, engine_settings = :settings",
+        "ConditionExpression": "attribute_not_exists(stream_id)",
+        "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#ready", "#keys", "#total", "#texts",
+                                                           "#engine", "#voice", "#language")},
+        "ExpressionAttributeValues": {
+            ":streaming": {"S": STATUS_STREAMING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
+            ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
+            ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
+            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
+            ":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
+            ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
+            ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}},
+        },
+    })
+    if created:
+        return True, _settled(Manifest(
+            stream_id, STATUS_STREAMING, input_hash, start_attempt_ms=now_ms, total=len(texts), engine=engine,
+            voice=voice, language=language, ready=dict.fromkeys(cached, now_ms), keys=dict(cached),
+            engine_settings=dict(engine_settings or {}), created_ms=now_ms, texts=list(texts)))
     existing = read(ddb, table, stream_id)
     if existing is None or existing.input_hash != input_hash:
         raise _conflict(stream_id)

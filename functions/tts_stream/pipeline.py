@@ -7,6 +7,7 @@ import json
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -67,51 +68,80 @@ def choose_voice(text: str, voice: str, language: str, settings: Settings, engin
     return language, voice or configured or engine.default_voice(language)
 
 
-def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
-    """Split the answer into parts, pin the voice in the manifest, and list the parts still to synthesize."""
-    stream_id, text, voice, language = check_stream_request(event, settings)
-    texts = chunking.split_for_speech(
-        text,
-        first_max=settings.first_chunk_max_chars,
-        target=settings.chunk_target_chars,
-        max_len=settings.chunk_max_chars,
-    )
+@dataclass(frozen=True)
+class Split:
+    """An answer as the pipeline speaks it: its parts' texts, the one voice for all of them, and (with the
+    prompt cache on) each part's cache key."""
+    texts: list[str]
+    engine: str
+    language: str
+    voice: str
+    identity: dict[str, str]
+    keys: list[str]
+
+
+def split_answer(settings: Settings, text: str, voice: str, language: str) -> Split:
+    """Split the answer into parts and resolve its voice; the same text and settings always split the same way,
+    in ConnectFunction and in Plan alike."""
+    texts = chunking.split_for_speech(text, first_max=settings.first_chunk_max_chars,
+                                      target=settings.chunk_target_chars, max_len=settings.chunk_max_chars)
     if not texts:
         raise InvalidInput("text has nothing to speak once markup and whitespace are removed")
     if len(texts) > MAX_PARTS:
         raise InvalidInput(f"text makes {len(texts)} parts; the most a stream holds is {MAX_PARTS}")
-    # A chat turn is identified by its question (the stream began before the answer existed).
-    content_hash = event.get("input_hash") or input_hash(text, voice, language)
-    if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
-        raise InvalidInput("input_hash must be 64 hex characters")
     engine = engines.get_engine(settings.tts_engine, settings)  # an unknown engine fails the plan, not every part
     language, voice = choose_voice(text, voice, language, settings, engine)
     identity = engine.identity()
     keys = [cache.key_for(settings.tts_engine, identity, voice, t) for t in texts] if settings.prompt_cache else []
-    with aws_errors_as_retryable():
-        hits = cache.lookup(ddb, settings.cache_table, keys, now_ms=now_ms,
-                            retention_days=settings.cache_retention_days) if keys else set()
-        planned = manifest.plan(
-            ddb, settings.table_name, stream_id, content_hash,
-            texts=texts, engine=settings.tts_engine, voice=voice, language=language,
-            now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=identity,
-            cached={i: cache.object_key(k) for i, k in enumerate(keys) if k in hits},
-        )
+    return Split(texts, settings.tts_engine, language, voice, identity, keys)
+
+
+def cached_parts(ddb, settings: Settings, split: Split, *, now_ms: int) -> dict[int, str]:
+    """index -> prompt-cache object of every part spoken before: one BatchGetItem per 100 parts."""
+    hits = cache.lookup(ddb, settings.cache_table, split.keys, now_ms=now_ms,
+                        retention_days=settings.cache_retention_days) if split.keys else set()
+    return {i: cache.object_key(k) for i, k in enumerate(split.keys) if k in hits}
+
+
+def part_item(stream_id: str, index: int, text: str, planned, *, cache_on: bool, now_ms: int) -> dict:
+    """One Map item: everything SynthesizeFunction needs to speak part `index` as the manifest pinned it.
+    Cache keys come from what the manifest pinned, not from this run: a repeated plan (a second workflow for
+    the same stream) may have been given other text, and must not file one text's audio under another's."""
+    return {"stream_id": stream_id, "index": index, "text": text, "engine": planned.engine, "voice": planned.voice,
+            "language": planned.language, "engine_settings": planned.engine_settings,
+            "cache_key": cache.key_for(planned.engine, planned.engine_settings, planned.voice, text) if cache_on else "",
+            "planned_ms": now_ms}
+
+
+def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, *, first: str, cache_on: bool,
+                now_ms: int) -> dict:
+    """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*)."""
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
-    first = first_part_role(event)
-    # Cache keys come from what the manifest pinned, not from this run: a repeated plan (a second workflow
-    # for the same stream) may have been given other text, and must not file one text's audio under another's.
-    parts = [
-        {"stream_id": stream_id, "index": i, "text": t, "engine": planned.engine, "voice": planned.voice,
-         "language": planned.language, "engine_settings": planned.engine_settings,
-         "cache_key": cache.key_for(planned.engine, planned.engine_settings, planned.voice, t) if keys else "",
-         "planned_ms": now_ms}
-        for i, t in enumerate(todo)
-        if i not in planned.ready and (i == 0 if first == FIRST_PART_ONLY else i > 0 or first != FIRST_PART_INLINE)
-    ]
+    parts = [part_item(stream_id, i, t, planned, cache_on=cache_on, now_ms=now_ms)
+             for i, t in enumerate(todo)
+             if i not in planned.ready and (i == 0 if first == FIRST_PART_ONLY else i > 0 or first != FIRST_PART_INLINE)]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
             "max_concurrency": settings.map_max_concurrency, "first_part_cached": 0 in planned.keys}
+
+
+def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
+    """Split the answer into parts, pin the voice in the manifest, and list the parts still to synthesize."""
+    stream_id, text, voice, language = check_stream_request(event, settings)
+    first = first_part_role(event)
+    split = split_answer(settings, text, voice, language)
+    # A chat turn is identified by its question (the stream began before the answer existed).
+    content_hash = event.get("input_hash") or input_hash(text, voice, language)
+    if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
+        raise InvalidInput("input_hash must be 64 hex characters")
+    with aws_errors_as_retryable():
+        planned = manifest.plan(
+            ddb, settings.table_name, stream_id, content_hash,
+            texts=split.texts, engine=split.engine, voice=split.voice, language=split.language,
+            now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.identity,
+            cached=cached_parts(ddb, settings, split, now_ms=now_ms),
+        )
+    return plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms)
 
 
 # Who speaks part 0 (the workflow input's `first_part`): "" this run, like every part; "inline" ConnectFunction,
@@ -220,20 +250,6 @@ def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
 
 # Engines fast and bounded enough to speak on Connect's 8-second path (an HTTP server's timeout is its own).
 INLINE_ENGINES = ("espeak", "polly")
-
-
-def first_part(settings: Settings, text: str, voice: str, language: str) -> dict:
-    """Part 0 of a stream as Plan will make it (same chunker, same settings), with the voice resolved, so
-    ConnectFunction can speak it while the workflow is still starting."""
-    texts = chunking.split_for_speech(text, first_max=settings.first_chunk_max_chars,
-                                      target=settings.chunk_target_chars, max_len=settings.chunk_max_chars)
-    engine = engines.get_engine(settings.tts_engine, settings)
-    language, voice = choose_voice(text, voice, language, settings, engine)
-    identity = engine.identity()
-    text0 = texts[0] if texts else ""
-    return {"index": 0, "text": text0, "engine": settings.tts_engine, "voice": voice, "language": language,
-            "engine_settings": identity, "total": len(texts),
-            "cache_key": cache.key_for(settings.tts_engine, identity, voice, text0) if settings.prompt_cache else ""}
 
 
 def failure_message(failure) -> str:

@@ -18,8 +18,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tts_stream import batches, cache, conversation, manifest, pipeline
-from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stream_id
+from tts_stream import batches, conversation, manifest, pipeline
+from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
 from tts_stream.errors import InvalidInput, StreamCancelled, StreamConflict, is_transient_aws_error, shown
 
 logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
@@ -152,40 +152,25 @@ class _Background:
 class _FirstPart:
     """Part 0, spoken here from the moment the request is understood, while the stream is created and its
     workflow started: the caller's first words then wait for one engine call, one S3 write and one manifest
-    write. The workflow is told (first_part=inline) to leave part 0 alone.
+    write. The workflow is told (first_part=inline) to leave part 0 alone. What is spoken is stored only once
+    the stream exists and is ours (`begun`), never for a retry of a stream someone else started."""
 
-    A part found in the prompt cache is not spoken at all; a part spoken here is stored only once the stream
-    exists and is ours (`begun`), never for a retry of a stream someone else started."""
-
-    def __init__(self, clients, settings, stream_id: str, first: dict, *, clock):
-        self.clients, self.settings, self.clock = clients, settings, clock
-        self.part = {**first, "stream_id": stream_id}
+    def __init__(self, clients, settings, part: dict, *, clock):
+        self.clients, self.settings, self.clock, self.part = clients, settings, clock, part
         self.started_ms = clock.now_ms()
         self._begun = threading.Event()
         self._ours = False
         self._work = _Background(self._speak, "first-part")
 
-    def _speak(self) -> tuple[str, str]:
-        """("cached", key) or ("stored", key) or ("", "") when the stream turned out not to be ours."""
-        key = self.part["cache_key"]
-        if key and self._cached(key):
-            return "cached", cache.object_key(key)
+    def _speak(self) -> str:
         wav, _ = pipeline.speak_part(self.settings, self.part)
         self._begun.wait()
         if not self._ours:
-            return "", ""
-        return "stored", pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
-                                             now_ms=self.clock.now_ms,
-                                             # best effort: a lost index entry only costs a later cache hit
-                                             index_meanwhile=lambda call: _Background(call, "first-part-index").wait)
-
-    def _cached(self, key: str) -> bool:
-        try:
-            return key in cache.lookup(self.clients.ddb, self.settings.cache_table, [key], now_ms=self.started_ms,
-                                       retention_days=self.settings.cache_retention_days)
-        except (ClientError, BotoCoreError):
-            logger.warning("prompt cache lookup failed; speaking part 0", exc_info=True)
-            return False  # a miss: the part is spoken
+            return ""
+        return pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
+                                   now_ms=self.clock.now_ms,
+                                   # best effort: a lost index entry only costs a later cache hit
+                                   index_meanwhile=lambda call: _Background(call, "first-part-index").wait)
 
     def begun(self, ours: bool):
         """The stream exists now; `ours` if this request created it (else part 0 is not stored here)."""
@@ -200,11 +185,7 @@ class _FirstPart:
             logger.warning("part 0 is too slow to speak within Connect's deadline; the workflow will speak it")
             return None
         try:
-            how, key = self._work.result()
-            if how == "cached" and not manifest.mark_ready(self.clients.ddb, self.settings.table_name,
-                                                           self.part["stream_id"], 0, now_ms=self.clock.now_ms(),
-                                                           key=key):
-                return ""
+            key = self._work.result()
         except StreamCancelled:
             return ""
         except Exception:  # the workflow is the path that retries and records failures; this is a head start
@@ -214,41 +195,72 @@ class _FirstPart:
         return key
 
 
-def _start_workflow(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, first_part: str = ""):
-    payload = {**workflow_input, "input_hash": content_hash, **({"first_part": first_part} if first_part else {})}
+def _start_workflow(clients, settings, stream_id: str, workflow_input: dict):
     clients.sfn.start_execution(stateMachineArn=settings.state_machine_arn,
                                 name=f"{stream_id[:63]}-{uuid.uuid4().hex[:16]}",
-                                input=json.dumps(payload, ensure_ascii=False))
+                                input=json.dumps(workflow_input, ensure_ascii=False))
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     first: dict | None = None, deadline_ms: int = 0,
-                     restart_after_ms: int = manifest.RESTART_AFTER_MS) -> str:
-    """Create the stream and start its workflow once, however often Connect retries the request. With `first`,
-    part 0 is spoken here meanwhile; returns the key it plays from when it was made ready here, else ""."""
-    speaking = _FirstPart(clients, settings, stream_id, first, clock=clock) if first else None
-    created = False
-    try:
-        created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
-                                        now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
-    finally:
-        if speaking:
-            speaking.begun(created)
-    if created and speaking:
-        starting = _Background(lambda: _start_workflow(clients, settings, stream_id, content_hash, workflow_input,
-                                                       pipeline.FIRST_PART_INLINE), "start-workflow")
-        played = speaking.ready(deadline_ms=deadline_ms)
-        starting.result()
-        if played is None:  # not spoken here: a run of its own speaks part 0, with the workflow's retries
-            _start_workflow(clients, settings, stream_id, content_hash, workflow_input, pipeline.FIRST_PART_ONLY)
-        return played or ""
+                     restart_after_ms: int = manifest.RESTART_AFTER_MS) -> bool:
+    """Create the stream and start its workflow (which plans it) once, however often Connect retries the
+    request. True if this call created the stream."""
+    created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
+                                    now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms(),
                                               after_ms=restart_after_ms)):
-        _start_workflow(clients, settings, stream_id, content_hash, workflow_input)
-    return ""
+        _start_workflow(clients, settings, stream_id, {**workflow_input, "input_hash": content_hash})
+    return created
+
+
+def _plan_and_start(clients, settings, request: Request, stream_id: str, content_hash: str, split, batch_size: int,
+                    workflow_input: dict, *, clock) -> tuple[batches.Batch, manifest.Manifest] | None:
+    """Plan the stream here and speak its part 0 while the workflow starts on the rest (its Plan step finds the
+    stream planned, and leaves part 0 alone). Returns the first batch, or None for a retry of an existing stream.
+
+    Part 0 is spoken after one prompt-cache lookup for every part, in parallel with the one write that creates
+    the planned stream and with StartExecution. A one-part answer, or one whose other parts are all cached,
+    starts no workflow at all."""
+    now_ms = clock.now_ms()
+    try:
+        cached = pipeline.cached_parts(clients.ddb, settings, split, now_ms=now_ms)
+    except (ClientError, BotoCoreError):
+        logger.warning("prompt cache lookup failed; every part is spoken", exc_info=True)
+        cached = {}
+    pinned = manifest.Manifest(stream_id, manifest.STATUS_STREAMING, engine=split.engine, voice=split.voice,
+                               language=split.language, engine_settings=split.identity)
+    part0 = pipeline.part_item(stream_id, 0, split.texts[0], pinned, cache_on=bool(split.keys), now_ms=now_ms)
+    speaking = None if 0 in cached else _FirstPart(clients, settings, part0, clock=clock)
+    created = False
+    try:
+        created, planned = manifest.begin_planned(
+            clients.ddb, settings.table_name, stream_id, content_hash, texts=split.texts, engine=split.engine,
+            voice=split.voice, language=split.language, now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
+            engine_settings=split.identity, cached=cached)
+    finally:
+        if speaking:
+            speaking.begun(created)
+    if not created:
+        return None
+    metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
+    workflow_input = {**workflow_input, "input_hash": content_hash}
+    inline = {**workflow_input, "first_part": pipeline.FIRST_PART_INLINE}
+    starting = _Background(lambda: _start_workflow(clients, settings, stream_id, inline), "start-workflow") \
+        if any(i not in planned.ready for i in range(1, planned.total)) else None
+    played = cached.get(0) or speaking.ready(deadline_ms=request.deadline_ms)
+    if starting:
+        starting.result()
+    if played is None:  # not spoken here: a run of its own speaks part 0, with the workflow's retries
+        _start_workflow(clients, settings, stream_id, {**workflow_input, "first_part": pipeline.FIRST_PART_ONLY})
+    if played == "":  # cancelled meanwhile: say so, as the manifest does
+        return _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=0, clock=clock)
+    if played:  # what this request knows without reading the manifest again
+        planned = manifest.with_ready(planned, 0, played, now_ms=clock.now_ms())
+    return batches.next_batch(planned, 0, batch_size, now_ms=clock.now_ms(),
+                              timeout_ms=settings.stream_timeout_seconds * 1000), planned
 
 
 def start_stream(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
@@ -264,26 +276,26 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
         # A retried start (same contact, same answer) maps to the same stream; a new answer to a new one.
         stream_id = f"{request.contact_id}-{content_hash[:12]}"
     check_stream_id(stream_id)
-    first = None
-    if settings.inline_first_part and settings.tts_engine in pipeline.INLINE_ENGINES:
-        # Resolve the voice now, so part 0 (spoken here) and the workflow's parts share it.
-        first = pipeline.first_part(settings, text, voice, language)
-        voice, language = first["voice"], first["language"]
-        if not 1 <= first["total"] <= MAX_PARTS:
-            first = None  # nothing to speak, or too much: the workflow's plan says so, and the flow hears it
     workflow_input = {"stream_id": stream_id, "text": text}
     if voice:
         workflow_input["voice"] = voice
     if language != "auto":
         workflow_input["language"] = language
-    played = _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock, first=first,
-                              deadline_ms=request.deadline_ms)
-    if played:
-        # Part 0 was made playable just now and nothing else can be yet: reply without reading the manifest.
-        # An answer of one part is then complete (the workflow's plan makes the same parts from the same text).
-        only = first["total"] == 1
-        return reply(batches.Batch(stream_id, manifest.STATUS_COMPLETE if only else manifest.STATUS_STREAMING,
-                                   (0,), 1, only, ""), [part_url(clients, settings, played)], batch_size)
+    if settings.inline_first_part and settings.tts_engine in pipeline.INLINE_ENGINES:
+        try:
+            split = pipeline.split_answer(settings, text, voice, language)
+        except InvalidInput:
+            split = None  # nothing to speak, or too much: the workflow's plan says so, and the flow hears it
+        if split is not None:
+            first = _plan_and_start(clients, settings, request, stream_id, content_hash, split, batch_size,
+                                    workflow_input, clock=clock)
+            if first is not None:
+                return _batch_reply(clients, settings, first, batch_size)
+            # A retry of a stream that exists: serve it as it stands.
+            return _batch_reply(clients, settings, _wait_for_batch(
+                clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms, clock=clock),
+                batch_size)
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)

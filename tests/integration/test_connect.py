@@ -98,13 +98,25 @@ def test_start_stream_hands_back_part_0_in_the_first_batch(cloud):
 
 def test_a_retried_start_stream_is_the_same_stream_and_starts_one_workflow(cloud):
     contact = str(uuid.uuid4())
-    start = event(contact, Action="start_stream", BatchSize=5, Text="One answer, started twice by a retry.")
+    start = event(contact, Action="start_stream", BatchSize=5,
+                  Text="One answer, started twice by a retry. Its second sentence makes it long enough for more "
+                       "than one part, so the workflow has parts to speak. And a third one to be sure of it.")
     before = cloud.aws_calls.snapshot()
     first = cloud.invoke("ConnectFunction", start)
     second = cloud.invoke("ConnectFunction", start)
     assert first["StreamId"] == second["StreamId"]
     assert urls(first) == urls(second)[:len(urls(first))]
     assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
+
+
+def test_a_one_part_answer_is_final_in_the_start_reply_and_needs_no_workflow(cloud):
+    before = cloud.aws_calls.snapshot()
+    reply = cloud.invoke("ConnectFunction", event(str(uuid.uuid4()), Action="start_stream", BatchSize=5,
+                                                  Text="Your balance is 42 dollars."))
+    assert (reply["Status"], reply["Count"], reply["Final"]) == ("complete", "1", "true")
+    assert "stepfunctions.StartExecution" not in cloud.aws_calls.snapshot() - before
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), reply["StreamId"])
+    assert found.status == "complete" and found.total == 1 and reply["Part0Url"].endswith("/" + found.key_of(0))
 
 
 def test_a_batch_is_the_contiguous_ready_prefix_even_when_later_parts_are_ready(cloud, make_stream, stream_id):
