@@ -190,6 +190,16 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
     return False, existing
 
 
+def read_planned(ddb, table: str, stream_id: str, input_hash: str) -> Manifest | None:
+    """The stream with its texts if it is planned already, else None; StreamConflict if another input planned it."""
+    found = read(ddb, table, stream_id, with_texts=True)
+    if found is None or found.total is None:
+        return None
+    if found.input_hash != input_hash:
+        raise _conflict(stream_id)
+    return found
+
+
 def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int, after_ms: int = RESTART_AFTER_MS) -> bool:
     """True for exactly one caller when a stream is still `starting` and its last start attempt is older than
     `after_ms`: that attempt may have died before its workflow ran, so one retry may start it again. A chat
@@ -347,14 +357,18 @@ def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int]
     elif missing:  # the stream fails at its first such part (or stays failed at an earlier one)
         mark_part_failed(ddb, table, stream_id, missing[0],
                          manifest.error or reason or f"part {missing[0]} was never synthesized")
-    elif manifest.status == STATUS_COMPLETE:  # every part is ready (see _from_item): say so in the item too
-        _conditional(ddb, {
-            "TableName": table,
-            "Key": {"stream_id": {"S": stream_id}},
-            "UpdateExpression": "SET #status = :complete",
-            "ConditionExpression": "attribute_exists(#total) AND attribute_not_exists(failed_index) "
-                                   "AND #status = :streaming",
-            "ExpressionAttributeNames": {"#status": "status", "#total": "total"},
-            "ExpressionAttributeValues": {":complete": {"S": STATUS_COMPLETE}, ":streaming": {"S": STATUS_STREAMING}},
-        })
+    else:
+        if manifest.status == STATUS_COMPLETE:  # every part is ready (see _from_item): say so in the item too
+            _conditional(ddb, {
+                "TableName": table,
+                "Key": {"stream_id": {"S": stream_id}},
+                "UpdateExpression": "SET #status = :complete",
+                "ConditionExpression": "attribute_exists(#total) AND attribute_not_exists(failed_index) "
+                                       "AND #status = :streaming",
+                "ExpressionAttributeNames": {"#status": "status", "#total": "total"},
+                "ExpressionAttributeValues": {":complete": {"S": STATUS_COMPLETE},
+                                              ":streaming": {"S": STATUS_STREAMING}},
+            })
+        # Nothing failed here: the stream is as read (complete, or waiting for a part someone else speaks).
+        return manifest
     return read(ddb, table, stream_id)

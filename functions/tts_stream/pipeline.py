@@ -135,12 +135,17 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
     if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
         raise InvalidInput("input_hash must be 64 hex characters")
     with aws_errors_as_retryable():
-        planned = manifest.plan(
-            ddb, settings.table_name, stream_id, content_hash,
-            texts=split.texts, engine=split.engine, voice=split.voice, language=split.language,
-            now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.identity,
-            cached=cached_parts(ddb, settings, split, now_ms=now_ms),
-        )
+        # ConnectFunction, which speaks part 0, planned the stream already: one read instead of a cache lookup
+        # and a write that would find it planned.
+        planned = manifest.read_planned(ddb, settings.table_name, stream_id, content_hash) \
+            if first == FIRST_PART_INLINE else None
+        if planned is None:
+            planned = manifest.plan(
+                ddb, settings.table_name, stream_id, content_hash,
+                texts=split.texts, engine=split.engine, voice=split.voice, language=split.language,
+                now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.identity,
+                cached=cached_parts(ddb, settings, split, now_ms=now_ms),
+            )
     return plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms)
 
 

@@ -145,3 +145,28 @@ def test_a_plan_that_finds_the_stream_begun_by_a_twin_run_still_plans_it(ddb, ta
 
     # Then it plans it, rather than handing the Map nothing to do (which failed the stream at Finish)
     assert result.status == "streaming" and result.total == 3 and len(result.texts) == 3
+
+
+def test_read_planned_is_none_until_planned_and_refuses_another_input(ddb, table, stream_id):
+    assert manifest.read_planned(ddb, table, stream_id, "a" * 64) is None
+    manifest.begin(ddb, table, stream_id, "a" * 64, now_ms=now_ms(), ttl_hours=1)
+    assert manifest.read_planned(ddb, table, stream_id, "a" * 64) is None  # begun, not planned
+    planned(ddb, table, stream_id, total=2)
+    found = manifest.read_planned(ddb, table, stream_id, "a" * 64)
+    assert found.total == 2 and found.texts == ["Part 0. ", "Part 1. "]
+    with pytest.raises(StreamConflict):
+        manifest.read_planned(ddb, table, stream_id, "b" * 64)
+
+
+def test_a_stream_planned_with_its_cached_parts_ready_is_created_once(ddb, table, stream_id):
+    args = dict(texts=["One.", "Two."], engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1,
+                cached={1: "cache/k.wav"})
+    created, made = manifest.begin_planned(ddb, table, stream_id, "a" * 64, **args)
+    again, found = manifest.begin_planned(ddb, table, stream_id, "a" * 64, **args)
+    assert (created, again) == (True, False)
+    assert made.status == found.status == "streaming" and found.total == 2 and found.key_of(1) == "cache/k.wav"
+    assert sorted(found.ready) == [1]
+    with pytest.raises(StreamConflict):
+        manifest.begin_planned(ddb, table, stream_id, "b" * 64, **args)
+    assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    assert manifest.read(ddb, table, stream_id).status == "complete"  # every part ready, before any Finish
