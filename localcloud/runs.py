@@ -54,7 +54,7 @@ def stream_report(cloud, stream_id: str, started_ms: int, out_dir: Path | None =
     return {
         "stream_id": stream_id, "status": found.status, "total": found.total, "engine": found.engine,
         "voice": found.voice, "language": found.language, "failed_index": found.failed_index,
-        "error": found.error, "bucket": bucket, "prefix": f"streams/{stream_id}/", "parts": parts,
+        "error": found.error, "bucket": bucket, "parts": parts,
     }
 
 
@@ -69,7 +69,9 @@ def describe_stream(report: dict) -> str:
         lines.append(f"{part['index']:>4}  {part['ready_ms']:>6}ms  {part['duration_ms'] / 1000:>6.2f}s  {text}")
     files = [p["file"] for p in report["parts"] if "file" in p]
     if files:
-        lines.append(f"parts saved in {Path(files[0]).parent}/ (s3://{report['bucket']}/{report['prefix']})")
+        where = sorted({str(Path(p["key"]).parent) for p in report["parts"]})
+        lines.append(f"parts saved in {Path(files[0]).parent}/ (from s3://{report['bucket']}/ "
+                     f"{', '.join(w + '/' for w in where)})")
     return "\n".join(lines)
 
 

@@ -118,9 +118,9 @@ def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, 
     """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*)."""
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
+    owned = owned_parts(first, planned.total)
     parts = [part_item(stream_id, i, t, planned, cache_on=cache_on, now_ms=now_ms)
-             for i, t in enumerate(todo)
-             if i not in planned.ready and (i == 0 if first == FIRST_PART_ONLY else i > 0 or first != FIRST_PART_INLINE)]
+             for i, t in enumerate(todo) if i not in planned.ready and (owned is None or i in owned)]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
             "max_concurrency": settings.map_max_concurrency, "first_part_cached": 0 in planned.keys}
 
@@ -162,7 +162,7 @@ def first_part_role(event) -> str:
 
 
 def owned_parts(role: str, total: int | None) -> set[int] | None:
-    """The parts a workflow run answers for at Finish (None: all of them)."""
+    """The parts a workflow run speaks, and answers for at Finish (None: all of them)."""
     if role == FIRST_PART_INLINE:
         return set(range(1, total if isinstance(total, int) else 0))
     if role == FIRST_PART_ONLY:

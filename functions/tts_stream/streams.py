@@ -202,9 +202,9 @@ def _start_workflow(clients, settings, stream_id: str, workflow_input: dict):
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     restart_after_ms: int = manifest.RESTART_AFTER_MS) -> bool:
+                     restart_after_ms: int = manifest.RESTART_AFTER_MS):
     """Create the stream and start its workflow (which plans it) once, however often Connect retries the
-    request. True if this call created the stream."""
+    request."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
                                     now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
@@ -213,7 +213,6 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms(),
                                               after_ms=restart_after_ms)):
         _start_workflow(clients, settings, stream_id, {**workflow_input, "input_hash": content_hash})
-    return created
 
 
 def _plan_and_start(clients, settings, request: Request, stream_id: str, content_hash: str, split, batch_size: int,

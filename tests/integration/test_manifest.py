@@ -9,7 +9,7 @@ from botocore.stub import Stubber
 
 from tts_stream import manifest, pipeline
 from tts_stream.config import load as load_settings
-from tts_stream.errors import RetryableError, StreamConflict
+from tts_stream.errors import InvalidInput, RetryableError, StreamConflict
 
 
 def now_ms():
@@ -170,3 +170,36 @@ def test_a_stream_planned_with_its_cached_parts_ready_is_created_once(ddb, table
         manifest.begin_planned(ddb, table, stream_id, "b" * 64, **args)
     assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
     assert manifest.read(ddb, table, stream_id).status == "complete"  # every part ready, before any Finish
+
+
+@pytest.mark.parametrize("role", ["", "inline", "only"])
+def test_plan_leaves_part_0_to_its_speaker(ddb, stream_id, role):
+    text = "Part zero is short. Part one follows it with a few more words to say. And then part two ends the answer."
+    result = pipeline.plan_stream(ddb, load_settings(), {"stream_id": stream_id, "text": text, "first_part": role},
+                                  now_ms=now_ms())
+    total = result["total"]
+    assert total >= 2
+    expected = {"": list(range(total)), "inline": list(range(1, total)), "only": [0]}[role]
+    assert [p["index"] for p in result["parts"]] == expected
+
+
+def test_plan_refuses_an_unknown_first_part_role(ddb, stream_id):
+    with pytest.raises(InvalidInput, match="first_part"):
+        pipeline.plan_stream(ddb, load_settings(), {"stream_id": stream_id, "text": "Hi.", "first_part": "mine"},
+                             now_ms=now_ms())
+
+
+def test_finish_judges_only_the_parts_its_run_spoke(ddb, table, stream_id):
+    planned(ddb, table, stream_id, total=3)
+    manifest.mark_ready(ddb, table, stream_id, 1, now_ms=now_ms())
+    manifest.mark_ready(ddb, table, stream_id, 2, now_ms=now_ms())
+    # part 0 is still being spoken by ConnectFunction: not this run's failure, not complete either
+    assert manifest.finish(ddb, table, stream_id, owned={1, 2}).status == "streaming"
+    manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    assert manifest.read(ddb, table, stream_id).status == "complete"
+    # a run whose own part is missing fails the stream there, and parts before it still play
+    other = stream_id + "-b"
+    planned(ddb, table, other, total=3)
+    manifest.mark_ready(ddb, table, other, 1, now_ms=now_ms())
+    finished = manifest.finish(ddb, table, other, owned={1, 2})
+    assert finished.status == "failed" and finished.failed_index == 2
