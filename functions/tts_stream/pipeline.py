@@ -135,10 +135,9 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
     if not isinstance(content_hash, str) or not _HASH.fullmatch(content_hash):
         raise InvalidInput("input_hash must be 64 hex characters")
     with aws_errors_as_retryable():
-        # ConnectFunction, which speaks part 0, planned the stream already: one read instead of a cache lookup
-        # and a write that would find it planned.
-        planned = manifest.read_planned(ddb, settings.table_name, stream_id, content_hash) \
-            if first == FIRST_PART_INLINE else None
+        # ConnectFunction, which speaks part 0 (or hands it to this run), planned the stream already: one read
+        # instead of a cache lookup and a write that would find it planned.
+        planned = manifest.read_planned(ddb, settings.table_name, stream_id, content_hash) if first else None
         if planned is None:
             planned = manifest.plan(
                 ddb, settings.table_name, stream_id, content_hash,
