@@ -122,7 +122,9 @@ def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, 
     parts = [part_item(stream_id, i, t, planned, cache_on=cache_on, now_ms=now_ms)
              for i, t in enumerate(todo) if i not in planned.ready and (owned is None or i in owned)]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
-            "max_concurrency": settings.map_max_concurrency, "first_part_cached": 0 in planned.keys}
+            "max_concurrency": settings.map_max_concurrency,
+            # Only a run that owns part 0 reports it: ConnectFunction measures the part 0 it speaks itself.
+            "first_part_cached": not first and 0 in planned.keys}
 
 
 def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
