@@ -21,6 +21,7 @@ Figures (milliseconds, one request from a Lambda function to a service in the sa
 | dynamodb GetItem | 5 | AWS re:Post knowledge center, "DynamoDB high latency": GetItem/PutItem average single-digit milliseconds (server side; in-region network adds ~1 ms) |
 | dynamodb UpdateItem, PutItem | 8 | same page; writes go to more replicas than a strongly consistent read |
 | dynamodb BatchGetItem | 10 | same page; items are read in parallel, one request |
+| dynamodb BatchWriteItem | 15 | same page; items are written in parallel, one request, writes slower than reads: an assumption |
 | stepfunctions StartExecution | 50 | commonly measured API round trip (no AWS-published figure): an assumption |
 | Step Functions state transition | 25 | per Lambda task state, covering the Choice and Map bookkeeping around it; an assumption, in line with community benchmarks (P. Milliotte, "Functionless: can we do better without Lambda", dev.to/slsbytheodo: an Express workflow doing DynamoDB calls averaged ~3x the same work in one Lambda) |
 | lambda Invoke, warm | 15 | commonly measured synchronous Invoke overhead in region (10-20 ms): an assumption |
@@ -54,6 +55,7 @@ SOURCES = {
     "ddb_get_ms": "AWS re:Post knowledge center dynamodb-high-latency: GetItem average single-digit ms",
     "ddb_write_ms": "AWS re:Post knowledge center dynamodb-high-latency: PutItem average single-digit ms",
     "ddb_batch_get_ms": "AWS re:Post knowledge center dynamodb-high-latency; parallel reads in one request",
+    "ddb_batch_write_ms": "assumption from the same page: parallel writes in one request, writes slower than reads",
     "sfn_start_ms": "assumption: commonly measured StartExecution round trip",
     "sfn_transition_ms": "assumption, in line with community Express-vs-Lambda benchmarks (Milliotte, dev.to)",
     "lambda_invoke_ms": "assumption: commonly measured synchronous Invoke overhead, 10-20 ms",
@@ -73,6 +75,7 @@ class LatencyModel:
     ddb_get_ms: float = 5.0
     ddb_write_ms: float = 8.0  # UpdateItem, PutItem
     ddb_batch_get_ms: float = 10.0
+    ddb_batch_write_ms: float = 15.0
     sfn_start_ms: float = 50.0
     sfn_transition_ms: float = 25.0
     lambda_invoke_ms: float = 15.0
@@ -98,6 +101,7 @@ class LatencyModel:
             ("dynamodb", "UpdateItem"): self.ddb_write_ms,
             ("dynamodb", "PutItem"): self.ddb_write_ms,
             ("dynamodb", "BatchGetItem"): self.ddb_batch_get_ms,
+            ("dynamodb", "BatchWriteItem"): self.ddb_batch_write_ms,
             ("stepfunctions", "StartExecution"): self.sfn_start_ms,
             ("lambda", "Invoke"): self.lambda_invoke_ms,
         }.get((service, operation), self.other_ms)

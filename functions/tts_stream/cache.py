@@ -6,12 +6,18 @@ again. Its audio is a content-addressed object `cache/KEY.wav`; a small DynamoDB
 import hashlib
 import json
 import re
+import time
+
+from tts_stream.errors import RetryableError
 
 _SPACES = re.compile(r"\s+")
 # Bump when what we do to audio changes (filter, level, encoding): older cache objects then stop matching.
 AUDIO_VERSION = 1
 # An entry is only trusted while its object will outlive the call that plays it (DynamoDB's TTL deletes late).
 _MIN_REMAINING_S = 3600
+_OBJECT_KEY = re.compile(r"cache/([0-9a-f]{64})\.wav")
+_BATCH_WRITE_MAX = 25  # BatchWriteItem takes at most 25 items
+_UNPROCESSED_TRIES = 5
 
 
 def key_for(engine: str, identity: dict[str, str], voice: str, text: str) -> str:
@@ -46,9 +52,27 @@ def lookup(ddb, table: str, keys: list[str], *, now_ms: int, retention_days: int
     return found
 
 
-def remember(ddb, table: str, key: str, *, now_ms: int, retention_days: int) -> None:
-    """Index a freshly written cache object. Lookups trust it only until a day before the lifecycle rule deletes
-    the object; `expires_at` merely lets DynamoDB's TTL clean it up afterwards."""
-    expires = now_ms // 1000 + retention_days * 86400
-    ddb.put_item(TableName=table, Item={"cache_key": {"S": key}, "written_ms": {"N": str(now_ms)},
-                                        "expires_at": {"N": str(expires)}})
+def remember(ddb, table: str, written: dict[str, int], *, retention_days: int) -> None:
+    """Index freshly written cache objects (cache key -> epoch ms it was written), up to 25 per BatchWriteItem:
+    a stream's parts cost one request, not one each. Lookups trust an entry only until a day before the lifecycle
+    rule deletes its object; `expires_at` merely lets DynamoDB's TTL clean it up afterwards.
+
+    Raises RetryableError if DynamoDB keeps leaving items unprocessed (throttling): rewriting an entry is harmless."""
+    items = [{"PutRequest": {"Item": {"cache_key": {"S": key}, "written_ms": {"N": str(ms)},
+                                      "expires_at": {"N": str(ms // 1000 + retention_days * 86400)}}}}
+             for key, ms in sorted(written.items())]
+    for start in range(0, len(items), _BATCH_WRITE_MAX):
+        request = {table: items[start:start + _BATCH_WRITE_MAX]}
+        for attempt in range(_UNPROCESSED_TRIES):
+            request = ddb.batch_write_item(RequestItems=request).get("UnprocessedItems") or None
+            if not request:
+                break
+            time.sleep(0.05 * 2 ** attempt)  # what DynamoDB asks for when it returns items unprocessed: back off
+        if request:
+            raise RetryableError(f"DynamoDB left {len(request[table])} prompt-cache entries unprocessed")
+
+
+def key_of_object(object_key: str) -> str | None:
+    """The cache key of a prompt-cache object key (`cache/KEY.wav`); None for any other key."""
+    match = _OBJECT_KEY.fullmatch(object_key)
+    return match.group(1) if match else None

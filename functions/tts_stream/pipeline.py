@@ -214,31 +214,36 @@ def store_key(settings: Settings, part: dict) -> str:
 
 def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms, index_meanwhile=None) -> str:
     """Write a spoken part to S3, then mark it ready (the object first, so a part marked ready is always
-    complete) and index it in the prompt cache (the object first, so an entry never points at nothing).
-    Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile.
+    complete). Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile.
 
-    `index_meanwhile(call)` may run the cache index write alongside the ready mark (ConnectFunction does, for
-    part 0: the caller waits for the mark, not for the index)."""
+    The prompt-cache entry of a new part is written after its object, so an entry never points at nothing: for
+    the workflow's parts by Finish, all in one request (index_written); for part 0 spoken by ConnectFunction by
+    `index_meanwhile(call)`, which runs the write alongside the ready mark (the caller waits for the mark, not
+    for the index)."""
     stream_id, index = part["stream_id"], part["index"]
     key = store_key(settings, part)
     with aws_errors_as_retryable():
         s3.put_object(Bucket=settings.bucket_name, Key=key, Body=wav, ContentType="audio/wav")
-
-        def index_it():
-            if key != part_key(stream_id, index):
-                with aws_errors_as_retryable():
-                    cache.remember(ddb, settings.cache_table, part["cache_key"], now_ms=now_ms(),
-                                   retention_days=settings.cache_retention_days)
-
-        pending = index_meanwhile(index_it) if index_meanwhile else None
-        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=now_ms(), key=key)
-        if pending is None and marked:
-            index_it()
-        elif pending is not None:
+        written_ms = now_ms()  # the ready mark and the cache entry say the same time
+        pending = None
+        if index_meanwhile and key != part_key(stream_id, index):
+            pending = index_meanwhile(lambda: index_written(ddb, settings, {key: written_ms}))
+        marked = manifest.mark_ready(ddb, settings.table_name, stream_id, index, now_ms=written_ms, key=key)
+        if pending is not None:
             pending()  # waits for the index write
     if not marked:
         raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
     return key
+
+
+def index_written(ddb, settings: Settings, written: dict[str, int]) -> int:
+    """Index the prompt-cache objects among `written` (S3 key -> epoch ms it was written) in as few requests as
+    DynamoDB allows; returns how many. Keys outside the cache (PromptCache off) are skipped."""
+    entries = {cache.key_of_object(key): ms for key, ms in written.items() if cache.key_of_object(key)}
+    if entries:
+        with aws_errors_as_retryable():
+            cache.remember(ddb, settings.cache_table, entries, retention_days=settings.cache_retention_days)
+    return len(entries)
 
 
 def synthesize_part(ddb, s3, settings: Settings, part: dict, *, now_ms) -> dict:
@@ -288,14 +293,36 @@ def record_failure(ddb, settings: Settings, event) -> dict:
 
 
 def finish_stream(ddb, settings: Settings, event) -> dict:
+    """Record the stream's outcome, then index in the prompt cache the parts this run wrote (the Map's
+    `part_results`): one request for up to 25 parts, instead of one per part as each was written."""
     stream_id = check_stream_id(event.get("stream_id") if isinstance(event, dict) else None)
     # Set when the Map itself failed (not one part): its reason is what the stream failed of.
     reason = failure_message(event["map_failure"]) if event.get("map_failure") else ""
     owned = owned_parts(first_part_role(event), event.get("total"))
+    spoken = spoken_parts(event.get("part_results"))
     with aws_errors_as_retryable():
         finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason, owned=owned)
+    # Key and time come from the manifest's ready marks, not from the workflow: an entry only for audio in S3.
+    indexed = index_written(ddb, settings, {finished.keys[i]: finished.ready[i] for i in spoken
+                                            if i in finished.ready and i in finished.keys})
     return {"stream_id": stream_id, "status": finished.status, "total": finished.total,
-            "failed_index": finished.failed_index, "error": finished.error}
+            "failed_index": finished.failed_index, "error": finished.error, "indexed": indexed}
+
+
+def spoken_parts(results) -> list[int]:
+    """The parts a Map spoke, from its results ({index} per part spoken, {index, error} per part that failed)."""
+    if results is None:
+        return []  # the Map failed as a whole, or this is not a workflow's Finish
+    if not isinstance(results, list):
+        raise InvalidInput(f"part_results must be the Map's list of results, not {shown(results)}")
+    spoken = []
+    for result in results:
+        index = result.get("index") if isinstance(result, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise InvalidInput(f"a part result must carry its index as a whole number: {shown(result)}")
+        if "error" not in result:
+            spoken.append(index)
+    return spoken
 
 
 def check_question(question, settings: Settings) -> str:

@@ -155,9 +155,9 @@ def _sequential(settings, stream_id: str, content_hash: str, text: str):
     ddb, s3 = boto3.client("dynamodb"), boto3.client("s3")
     planned = pipeline.plan_stream(ddb, settings, {"stream_id": stream_id, "text": text, "input_hash": content_hash},
                                    now_ms=_now_ms())
-    for part in planned["parts"]:
-        pipeline.synthesize_part(ddb, s3, settings, part, now_ms=_now_ms)
-    pipeline.finish_stream(ddb, settings, {"stream_id": stream_id})
+    results = [{"index": pipeline.synthesize_part(ddb, s3, settings, part, now_ms=_now_ms)["index"]}
+               for part in planned["parts"]]
+    pipeline.finish_stream(ddb, settings, {"stream_id": stream_id, "part_results": results})
 
 
 def _whole(settings, stream_id: str, content_hash: str, text: str):

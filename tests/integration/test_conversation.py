@@ -84,6 +84,6 @@ def test_a_cache_entry_is_not_trusted_past_the_retention_now_in_force(cloud):
     ddb, table = cloud.client("dynamodb"), cloud.physical("CacheTable")
     key = uuid.uuid4().hex
     written = now_ms() - 10 * 86_400_000  # ten days ago
-    cache.remember(ddb, table, key, now_ms=written, retention_days=30)
+    cache.remember(ddb, table, {key: written}, retention_days=30)
     assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=30) == {key}
     assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=7) == set()

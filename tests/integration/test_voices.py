@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localcloud import runs, tts_server
-from tts_stream import audio, engines, manifest
+from localcloud import faults, runs, tts_server
+from tts_stream import audio, cache, engines, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +58,68 @@ def test_a_second_identical_answer_is_served_from_the_cache_without_the_engine(c
     assert [p["index"] for p in second["parts"]] == list(range(second["total"]))
     assert all("/cache/" in p["url"] for p in second["parts"])
     assert [p["duration_ms"] for p in second["parts"]] == [p["duration_ms"] for p in first["parts"]]
+
+
+def _cache_entries(cloud, found) -> dict[str, int]:
+    """Prompt-cache entry of each part of a stream, by part index: when its object was written, by the entry."""
+    ddb, table = cloud.client("dynamodb"), cloud.physical("CacheTable")
+    entries = {}
+    for index, key in found.keys.items():
+        item = ddb.get_item(TableName=table, Key={"cache_key": {"S": cache.key_of_object(key)}}).get("Item")
+        if item:
+            entries[index] = int(item["written_ms"]["N"])
+    return entries
+
+
+def test_a_calls_new_parts_are_indexed_with_their_ready_times_in_one_request_per_writer(cloud, setting):
+    # When an answer of several parts (one per sentence) is spoken for the first time, through the contact flow
+    setting("CHUNK_TARGET_CHARS", 30)
+    text = unique_answer()
+    report = runs.run_call(cloud, text, speed=50)
+
+    # Then every part is indexed in the prompt cache, written when its ready mark says
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), report["stream_id"])
+    assert found.status == "complete" and found.total == 4
+    assert _cache_entries(cloud, found) == found.ready
+    # in one request from ConnectFunction (part 0) and one from the workflow's Finish (every other part)
+    assert report["aws_calls"]["dynamodb.BatchWriteItem"] == 2
+    assert "dynamodb.PutItem" not in report["aws_calls"]
+
+
+def test_finish_indexes_the_parts_spoken_not_the_part_that_failed(cloud, stream_id, setting):
+    # Given an answer of one part per sentence, and an engine that rejects one sentence for good
+    setting("CHUNK_TARGET_CHARS", 30)
+    text = f"{unique_answer()} This sentence breaks the engine. Then one more sentence."
+    with faults.engine_faults(faults.EngineFault("breaks the engine", permanent=True)):
+        runs.run_stream(cloud, text, stream_id=stream_id, language="en")
+
+    # Then the failed part has no entry, and every part spoken has one with its ready time
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id)
+    assert found.status == "failed" and found.failed_index not in found.ready
+    assert _cache_entries(cloud, found) == found.ready
+    assert len(found.ready) == found.total - 1
+
+
+@pytest.mark.parametrize("results, message", [
+    ("parts", "part_results must be the Map's list of results"),
+    ([{"error": "x"}], "must carry its index as a whole number"),
+    ([{"index": True}], "must carry its index as a whole number"),
+    ([{"index": -1}], "must carry its index as a whole number"),
+], ids=["not-a-list", "no-index", "bool-index", "negative-index"])
+def test_finish_rejects_part_results_it_cannot_read_before_writing_anything(cloud, stream_id, results, message):
+    # Given a stream planned and spoken, not yet finished
+    planned = cloud.invoke("PlanFunction", {"stream_id": stream_id, "text": unique_answer()})
+    for part in planned["parts"]:
+        cloud.invoke("SynthesizeFunction", part)
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id)
+
+    # When Finish is given results that are not the Map's
+    with pytest.raises(Exception, match=message) as failure:
+        cloud.invoke("FinishFunction", {"stream_id": stream_id, "total": planned["total"], "part_results": results})
+
+    # Then it says what was wrong (InvalidInput: never retried), and nothing was indexed
+    assert "InvalidInput" in str(failure.value)
+    assert _cache_entries(cloud, found) == {}
 
 
 def test_a_changed_voice_setting_does_not_change_a_stream_already_started(cloud, setting, monkeypatch, stream_id):

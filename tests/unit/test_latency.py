@@ -57,6 +57,8 @@ REQUESTS = [
     ("dynamodb", "update_item", {"TableName": "t", "Key": {"k": {"S": "1"}}}, {}, "ddb_write_ms"),
     ("dynamodb", "put_item", {"TableName": "t", "Item": {"k": {"S": "1"}}}, {}, "ddb_write_ms"),
     ("dynamodb", "batch_get_item", {"RequestItems": {"t": {"Keys": [{"k": {"S": "1"}}]}}}, {}, "ddb_batch_get_ms"),
+    ("dynamodb", "batch_write_item", {"RequestItems": {"t": [{"PutRequest": {"Item": {"k": {"S": "1"}}}}]}}, {},
+     "ddb_batch_write_ms"),
     ("stepfunctions", "start_execution", {"stateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:m"},
      {"executionArn": "arn:aws:states:us-east-1:123456789012:execution:m:e", "startDate": 0}, "sfn_start_ms"),
 ]

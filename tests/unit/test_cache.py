@@ -1,0 +1,83 @@
+"""The prompt cache's index writes: batched, and never silently short (DynamoDB's side faked with Stubber)."""
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from tts_stream import cache
+from tts_stream.errors import RetryableError
+
+TABLE = "cache-table"
+DAY_S = 86400
+
+
+@pytest.fixture
+def ddb():
+    return boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    slept = []
+    monkeypatch.setattr(cache.time, "sleep", slept.append)
+    return slept
+
+
+def put(key: str, ms: int, days: int = 30) -> dict:
+    return {"PutRequest": {"Item": {"cache_key": {"S": key}, "written_ms": {"N": str(ms)},
+                                    "expires_at": {"N": str(ms // 1000 + days * DAY_S)}}}}
+
+
+def keys(count: int) -> dict[str, int]:
+    return {f"{i:064x}": 1_700_000_000_000 + i for i in range(count)}
+
+
+def test_thirty_entries_take_two_requests_of_at_most_twenty_five(ddb, no_sleep):
+    written = keys(30)
+    items = [put(k, ms) for k, ms in sorted(written.items())]
+    with Stubber(ddb) as stub:
+        stub.add_response("batch_write_item", {}, {"RequestItems": {TABLE: items[:25]}})
+        stub.add_response("batch_write_item", {}, {"RequestItems": {TABLE: items[25:]}})
+        cache.remember(ddb, TABLE, written, retention_days=30)
+        stub.assert_no_pending_responses()
+    assert no_sleep == []
+
+
+def test_items_left_unprocessed_are_sent_again_after_a_pause(ddb, no_sleep):
+    written = keys(3)
+    items = [put(k, ms) for k, ms in sorted(written.items())]
+    with Stubber(ddb) as stub:
+        stub.add_response("batch_write_item", {"UnprocessedItems": {TABLE: items[1:]}},
+                          {"RequestItems": {TABLE: items}})
+        stub.add_response("batch_write_item", {}, {"RequestItems": {TABLE: items[1:]}})
+        cache.remember(ddb, TABLE, written, retention_days=30)
+        stub.assert_no_pending_responses()
+    assert len(no_sleep) == 1
+
+
+def test_items_dynamodb_keeps_leaving_unprocessed_end_in_a_retryable_error(ddb, no_sleep):
+    written = keys(2)
+    items = [put(k, ms) for k, ms in sorted(written.items())]
+    with Stubber(ddb) as stub:
+        for _ in range(5):
+            stub.add_response("batch_write_item", {"UnprocessedItems": {TABLE: items[:1]}})
+        with pytest.raises(RetryableError, match="left 1 prompt-cache entries unprocessed"):
+            cache.remember(ddb, TABLE, written, retention_days=30)
+        stub.assert_no_pending_responses()
+    assert no_sleep == [0.05, 0.1, 0.2, 0.4, 0.8]
+
+
+def test_nothing_to_index_sends_nothing(ddb):
+    with Stubber(ddb) as stub:
+        cache.remember(ddb, TABLE, {}, retention_days=30)
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("object_key, expected", [
+    (cache.object_key("ab" * 32), "ab" * 32),
+    ("streams/s-1/part0000.wav", None),
+    ("cache/" + "AB" * 32 + ".wav", None),
+    ("cache/" + "ab" * 32 + ".wav.bak", None),
+], ids=["cache-object", "stream-part", "upper-case", "suffix"])
+def test_only_a_prompt_cache_object_has_a_cache_key(object_key, expected):
+    assert cache.key_of_object(object_key) == expected
