@@ -92,5 +92,8 @@ def finish(event, context):
     metrics.add_metric({"failed": "StreamsFailed", "cancelled": "StreamsCancelled"}.get(result["status"],
                                                                                      "StreamsCompleted"),
                        MetricUnit.Count, 1)
+    if result.get("index_error"):
+        logger.warning("parts not indexed in the prompt cache; later streams speak them again",
+                       stream_id=result["stream_id"], error=result["index_error"])
     logger.info("stream finished", **result)
     return result

@@ -239,7 +239,7 @@ def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms, i
 def index_written(ddb, settings: Settings, written: dict[str, int]) -> int:
     """Index the prompt-cache objects among `written` (S3 key -> epoch ms it was written) in as few requests as
     DynamoDB allows; returns how many. Keys outside the cache (PromptCache off) are skipped."""
-    entries = {cache.key_of_object(key): ms for key, ms in written.items() if cache.key_of_object(key)}
+    entries = {cache_key: ms for key, ms in written.items() if (cache_key := cache.key_of_object(key))}
     if entries:
         with aws_errors_as_retryable():
             cache.remember(ddb, settings.cache_table, entries, retention_days=settings.cache_retention_days)
@@ -303,10 +303,15 @@ def finish_stream(ddb, settings: Settings, event) -> dict:
     with aws_errors_as_retryable():
         finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason, owned=owned)
     # Key and time come from the manifest's ready marks, not from the workflow: an entry only for audio in S3.
-    indexed = index_written(ddb, settings, {finished.keys[i]: finished.ready[i] for i in spoken
-                                            if i in finished.ready and i in finished.keys})
-    return {"stream_id": stream_id, "status": finished.status, "total": finished.total,
-            "failed_index": finished.failed_index, "error": finished.error, "indexed": indexed}
+    written = {finished.keys[i]: finished.ready[i] for i in spoken if i in finished.ready and i in finished.keys}
+    outcome = {"stream_id": stream_id, "status": finished.status, "total": finished.total,
+               "failed_index": finished.failed_index, "error": finished.error}
+    try:
+        return {**outcome, "indexed": index_written(ddb, settings, written)}
+    except RetryableError as error:
+        # The outcome stands: a part missing from the cache is only spoken again by a later stream, which is no
+        # reason to fail this one (or to retry Finish after botocore's and BatchWriteItem's own retries).
+        return {**outcome, "indexed": 0, "index_error": str(error)}
 
 
 def spoken_parts(results) -> list[int]:

@@ -4,7 +4,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tts_stream import cache
+from tts_stream import cache, config, pipeline
 from tts_stream.errors import RetryableError
 
 TABLE = "cache-table"
@@ -81,3 +81,26 @@ def test_nothing_to_index_sends_nothing(ddb):
 ], ids=["cache-object", "stream-part", "upper-case", "suffix"])
 def test_only_a_prompt_cache_object_has_a_cache_key(object_key, expected):
     assert cache.key_of_object(object_key) == expected
+
+
+def test_finish_records_the_outcome_even_when_the_cache_entries_cannot_be_written(ddb, no_sleep):
+    # Given a stream whose two parts are ready, the second spoken by the workflow's Map
+    settings = config.load({"TABLE_NAME": "manifests", "CACHE_TABLE": TABLE, "CACHE_RETENTION_DAYS": "30"})
+    key = "cd" * 32
+    item = {"stream_id": {"S": "s-1"}, "status": {"S": "streaming"}, "total": {"N": "2"},
+            "ready": {"M": {"0": {"N": "1700000000000"}, "1": {"N": "1700000000500"}}},
+            "keys": {"M": {"0": {"S": cache.object_key("ab" * 32)}, "1": {"S": cache.object_key(key)}}}}
+    with Stubber(ddb) as stub:
+        stub.add_response("get_item", {"Item": item})
+        stub.add_response("update_item", {})  # complete, as the ready marks say
+        # When DynamoDB keeps leaving the entry unprocessed
+        for _ in range(5):
+            stub.add_response("batch_write_item", {"UnprocessedItems": {TABLE: [put(key, 1700000000500)]}},
+                              {"RequestItems": {TABLE: [put(key, 1700000000500)]}})
+        result = pipeline.finish_stream(ddb, settings, {"stream_id": "s-1", "total": 2, "first_part": "inline",
+                                                        "part_results": [{"index": 1}]})
+        stub.assert_no_pending_responses()
+
+    # Then the stream is complete, and Finish says what was not indexed instead of failing the workflow
+    assert result["status"] == "complete"
+    assert result["indexed"] == 0 and "unprocessed" in result["index_error"]
