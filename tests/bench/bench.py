@@ -614,7 +614,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     quick = args.quick
     on_plan = {"languages": LANGUAGES, "sizes": (1, 5, 20) if quick else SIZES, "modes": modes.MODES,
-               "reps": {"fanout": 1 if quick else 3}, "speed": SPEED_ON, "cold": True, "cache": True,
+               "reps": {"fanout": 1 if quick else 5}, "speed": SPEED_ON, "cold": True, "cache": True,
                "timeline_speed": None if quick else 1.0,
                "experiments": [
                    {"name": "MapMaxConcurrency 3", "env": {"MAP_MAX_CONCURRENCY": "3"}, "language": "en",
