@@ -37,13 +37,14 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 
 
 def answer(number: int) -> str:
-    """A different answer per caller, about 25 seconds long (its number in every sentence: no two calls share a
+    """A different answer per caller, about 30 seconds long (its number in every sentence: no two calls share a
     part, so the prompt cache cannot stand in for one)."""
     subject, day = SUBJECTS[number % len(SUBJECTS)], DAYS[number % len(DAYS)]
     return (f"Your {subject} {number} is confirmed. It was updated on {day} for caller {number}, and nothing else "
             f"is needed from you for {subject} {number} right now. We will call back about {subject} {number} "
             f"within one working day, from the number you called today. If you need to change {subject} {number}, "
-            f"say change at any time, or press one. Thank you for calling about {subject} {number}, and goodbye.")
+            f"say change at any time, or press one. We keep the notes on {subject} {number} for one year. "
+            f"Thank you for calling about {subject} {number}, and goodbye.")
 
 
 def percentile(values: list[float], fraction: float) -> float | None:

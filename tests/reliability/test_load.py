@@ -7,7 +7,8 @@ CALLS = 50
 
 
 def test_fifty_calls_at_once_each_hear_their_own_answer_in_order(cloud):
-    # Given 50 callers arriving over 25 s, each listening in real time to a ~30 s answer of their own
+    # Given 50 callers arriving over 25 s, each listening in real time to a ~30 s answer of their own (at ~25 s,
+    # the first answers could end before the last caller came)
     figures = run_load(cloud, CALLS, rate=2, speed=1)
     print("\n" + describe(figures))
 
