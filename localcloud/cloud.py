@@ -18,6 +18,7 @@ import traceback
 import uuid
 import zipfile
 from collections import Counter
+from contextvars import ContextVar
 from pathlib import Path
 from urllib.request import Request, urlopen
 
@@ -57,11 +58,11 @@ class LocalFunction:
             sys.path.insert(0, str(self.code_dir))
         handler = getattr(importlib.import_module(module_name), attribute)
         self.invocations += 1
-        _running.logical_id = self.logical_id
+        token = _running.set(self.logical_id)
         try:
             return handler(event, LocalContext(self.name, self.memory_mb, self.timeout_s))
         finally:
-            _running.logical_id = None
+            _running.reset(token)
 
 
 def _lambda_error(error: BaseException) -> bytes:
@@ -99,7 +100,9 @@ def _patch_moto_lambda():
     _patched = True
 
 
-_running = threading.local()  # which function's handler this thread is running, if any
+# Which function's handler is running, if any: a context variable, so that the threads a handler starts with the
+# context it runs in (streams._Background does) are counted as that function too, as in Lambda.
+_running: ContextVar[str | None] = ContextVar("localcloud_function", default=None)
 
 
 class AwsCalls:
@@ -113,7 +116,7 @@ class AwsCalls:
 
     def __call__(self, model, **kwargs):
         operation = f"{model.service_model.service_name}.{model.name}"
-        function = getattr(_running, "logical_id", None)
+        function = _running.get()
         with self._lock:
             self.counts[operation] += 1
             if function:
@@ -143,6 +146,27 @@ def _patch_moto_dynamodb():
     for name in ("get_item", "put_item", "update_item", "delete_item", "batch_get_item", "transact_write_items"):
         setattr(DynamoDBBackend, name, atomic(getattr(DynamoDBBackend, name)))
     DynamoDBBackend._localcloud_atomic = True
+
+
+def _patch_powertools_metrics():
+    """Keep a metric from being lost between functions. Powertools keeps one metric set per process, which in
+    Lambda is one function's; here every function shares it, and a flush (serialize, print, clear) running while
+    another function adds a metric would clear that metric unprinted. One lock around adds and flushes."""
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+    if getattr(AmazonCloudWatchEMFProvider, "_localcloud_locked", False):
+        return
+    lock = threading.RLock()
+
+    def locked(method):
+        def call(self, *args, **kwargs):
+            with lock:
+                return method(self, *args, **kwargs)
+        return call
+
+    for name in ("add_metric", "flush_metrics"):
+        setattr(AmazonCloudWatchEMFProvider, name, locked(getattr(AmazonCloudWatchEMFProvider, name)))
+    AmazonCloudWatchEMFProvider._localcloud_locked = True
 
 
 class LocalCloud:
@@ -175,6 +199,7 @@ class LocalCloud:
                                         "lambda": {"use_docker": False}})
         _patch_moto_lambda()
         _patch_moto_dynamodb()
+        _patch_powertools_metrics()
         # Handlers make their clients from boto3's default session: count what they ask AWS for. localcloud's
         # own clients (setup, reports) use a session of their own and are not counted.
         import boto3

@@ -33,6 +33,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from botocore.errorfactory import ClientExceptionsFactory
@@ -198,16 +199,18 @@ def parts_of(text: str, settings: config.Settings | None = None) -> list[str]:
 
 
 # What runs on this thread: which function, with which event, speaking which part (stream id, index). Engine and
-# AWS faults use it to tell part K of a stream, or one function's calls, from the rest.
-_running = threading.local()
+# AWS faults use it to tell part K of a stream, or one function's calls, from the rest. Context variables, so
+# that the threads a handler starts with its context (streams._Background) count as that function too.
+_function: ContextVar[tuple[str, object]] = ContextVar("faults_function", default=("", None))
+_part: ContextVar[tuple[str, int] | None] = ContextVar("faults_part", default=None)
 
 
 def _current() -> tuple[str, object]:
-    return getattr(_running, "function", ""), getattr(_running, "event", None)
+    return _function.get()
 
 
 def _speaking() -> tuple[str, int] | None:
-    return getattr(_running, "part", None)
+    return _part.get()
 
 
 def _part_of(event) -> tuple[str, int] | None:
@@ -335,12 +338,11 @@ class Injection:
 
     @staticmethod
     def _run(logical_id: str, inner, event):
-        saved = _current()
-        _running.function, _running.event = logical_id, event
+        token = _function.set((logical_id, event))
         try:
             return inner(event)
         finally:
-            _running.function, _running.event = saved
+            _function.reset(token)
 
     # -- the engine ----------------------------------------------------------------------------------------
     def _watch_parts(self):
@@ -348,12 +350,11 @@ class Injection:
         real = pipeline.speak_part
 
         def speak_part(settings, part):
-            saved = _speaking()
-            _running.part = _part_of(part)
+            token = _part.set(_part_of(part))
             try:
                 return real(settings, part)
             finally:
-                _running.part = saved
+                _part.reset(token)
 
         pipeline.speak_part = speak_part
         self._undo.append(lambda: setattr(pipeline, "speak_part", real))

@@ -7,6 +7,7 @@ Waiting happens here, against one deadline fixed when the invocation starts, so 
 inside Connect's 8-second limit and the flow never has to wait on its own.
 """
 
+import contextvars
 import json
 import threading
 import time
@@ -128,7 +129,9 @@ class _Background:
 
     def __init__(self, call, name: str):
         self.value, self.error = None, None
-        self._thread = threading.Thread(target=self._run, args=(call,), name=name, daemon=True)
+        # In the invocation's context: what is scoped to the invocation there (context variables) holds here too.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run, call), name=name, daemon=True)
         self._thread.start()
 
     def _run(self, call):
