@@ -14,6 +14,7 @@ Fault SPEC grammar (`python -m localcloud call|stream --fault SPEC`, repeatable;
 | `s3:put:throttle=N` | the first N S3 `PutObject` calls of our functions get `SlowDown` (HTTP 503) |
 | `ddb:update:throttle=N` | the first N DynamoDB `UpdateItem` calls get `ProvisionedThroughputExceededException` |
 | `ddb:get:throttle=N` | the first N DynamoDB `GetItem` calls get `ProvisionedThroughputExceededException` |
+| `ddb:batchwrite:throttle=N` | the first N DynamoDB `BatchWriteItem` calls (prompt-cache entries) get `ProvisionedThroughputExceededException` |
 | `map:duplicate=K` | part K's Map item is delivered twice: SynthesizeFunction runs once more for it, at the same time |
 | `connect:retry=N` | every ConnectFunction invocation runs N more times with the same event; Connect uses the last reply |
 
@@ -114,15 +115,18 @@ _THROTTLES = {
                    "The level of configured provisioned throughput for the table was exceeded."),
     "ddb:get": ("dynamodb", "GetItem", "ProvisionedThroughputExceededException", 400,
                 "The level of configured provisioned throughput for the table was exceeded."),
+    "ddb:batchwrite": ("dynamodb", "BatchWriteItem", "ProvisionedThroughputExceededException", 400,
+                       "The level of configured provisioned throughput for the table was exceeded."),
 }
 _ENGINE = re.compile(r"engine:part=(?P<part>\d{1,4}):"
                      r"(?:(?P<mode>transient|slow)=(?P<value>\d{1,6})|(?P<permanent>permanent))")
-_THROTTLE = re.compile(r"(?P<target>s3:put|ddb:update|ddb:get):throttle=(?P<n>\d{1,4})"
+_THROTTLE = re.compile(r"(?P<target>s3:put|ddb:update|ddb:get|ddb:batchwrite):throttle=(?P<n>\d{1,4})"
                        r"(?::function=(?P<function>[A-Za-z0-9]{1,64}))?")
 _DUPLICATE = re.compile(r"map:duplicate=(?P<part>\d{1,4})")
 _RETRY = re.compile(r"connect:retry=(?P<n>\d{1,4})")
 GRAMMAR = ("engine:part=K:transient=N | engine:part=K:permanent | engine:part=K:slow=MS | "
-           "s3:put:throttle=N | ddb:update:throttle=N | ddb:get:throttle=N (each [:function=LOGICAL_ID]) | "
+           "s3:put:throttle=N | ddb:update:throttle=N | ddb:get:throttle=N | ddb:batchwrite:throttle=N "
+           "(each [:function=LOGICAL_ID]) | "
            "map:duplicate=K | connect:retry=N")
 
 

@@ -152,6 +152,20 @@ class _Background:
         return self.value
 
 
+def _index_aside(call):
+    """Run part 0's cache-entry write on a thread of its own; returns the wait for it. Best effort: a lost entry
+    only means a later stream speaks that part again, so it is logged, never raised."""
+    job = _Background(call, "first-part-index")
+
+    def wait():
+        job.wait()
+        if job.error is not None:
+            logger.warning("part 0 not indexed in the prompt cache; later streams speak it again",
+                           error=f"{type(job.error).__name__}: {job.error}")
+
+    return wait
+
+
 class _FirstPart:
     """Part 0, spoken here from the moment the request is understood, while the stream is created and its
     workflow started: the caller's first words then wait for one engine call, one S3 write and one manifest
@@ -171,9 +185,7 @@ class _FirstPart:
         if not self._ours:
             return ""
         return pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
-                                   now_ms=self.clock.now_ms,
-                                   # best effort: a lost index entry only costs a later cache hit
-                                   index_meanwhile=lambda call: _Background(call, "first-part-index").wait)
+                                   now_ms=self.clock.now_ms, index_meanwhile=_index_aside)
 
     def begun(self, ours: bool):
         """The stream exists now; `ours` if this request created it (else part 0 is not stored here)."""

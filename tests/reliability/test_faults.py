@@ -14,6 +14,7 @@ import time
 import pytest
 
 from localcloud import faults, runs
+from tts_stream import cache, manifest
 from tests.reliability.checks import bucket_keys, caller_heard, store_is_sound, stream_of
 
 SPEED = 50
@@ -61,6 +62,7 @@ CASES = [
     (["ddb:get:throttle=1:function=FinishFunction"], "complete"),
     (["ddb:update:throttle=1:function=ConnectFunction"], "apology"),
     (["ddb:get:throttle=1:function=ConnectFunction"], "complete"),  # a passing read failure: the flow asks again
+    (["ddb:batchwrite:throttle=2"], "complete"),  # no prompt-cache entries: nothing the caller hears
     (["map:duplicate=1"], "complete"),
     (["connect:retry=2"], "complete"),
     (["engine:part=1:transient=1", "map:duplicate=1", "connect:retry=1"], "complete"),
@@ -136,19 +138,26 @@ def function_logs():
     """Every log line the functions write at the default level (INFO), formatted as CloudWatch would get it."""
     import connect  # noqa: F401 - the handler modules own the service's logger and its JSON formatter
     import workflow
+    from tts_stream import streams
 
     service = logging.getLogger(os.environ.get("POWERTOOLS_SERVICE_NAME", "connect-tts-stream"))
+    # streams logs through a child of the service's logger, named after the service its first importer saw (an
+    # earlier test may have imported it before the local cloud set the name): listen to it where it is.
+    child = streams.logger._logger
+    listened = [service] if child.name.startswith(service.name + ".") else [service, child]
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(workflow.logger._logger.handlers[0].format(record))
-    level = service.level
-    service.setLevel(logging.INFO)
-    service.addHandler(handler)
+    levels = [logger.level for logger in listened]
+    for logger in listened:
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
     try:
         yield lines
     finally:
-        service.removeHandler(handler)
-        service.setLevel(level)
+        for logger, level in zip(listened, levels):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def test_the_callers_words_never_reach_the_logs(cloud):
@@ -162,6 +171,23 @@ def test_the_callers_words_never_reach_the_logs(cloud):
     assert any('"failure recorded"' in line for line in lines) and any('"part ready"' in line for line in lines)
     assert any('"message":"batch"' in line for line in lines)
     assert [line for line in lines if marker in line] == []
+
+
+def test_cache_entries_that_cannot_be_written_are_logged_and_the_stream_still_completes(cloud):
+    # Given both cache-entry writes of a call throttled for good: ConnectFunction's (part 0) and Finish's
+    with function_logs() as lines:
+        _, _, result = call_with(cloud, ["ddb:batchwrite:throttle=2"])
+    # Then the caller hears every part and the stream is complete
+    assert result["final"] and result["status"] == "complete" and not result["messages"]
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"])
+    assert found.status == "complete" and sorted(found.ready) == list(range(found.total))
+    # and no entry was written, and both writers said so
+    ddb, table = cloud.client("dynamodb"), cloud.physical("CacheTable")
+    for key in found.keys.values():
+        assert "Item" not in ddb.get_item(TableName=table, Key={"cache_key": {"S": cache.key_of_object(key)}})
+    assert any("part 0 not indexed in the prompt cache" in line for line in lines)
+    assert any("parts not indexed in the prompt cache" in line for line in lines)
+    assert result["injection"]["fired"] == {"ddb:batchwrite:throttle=2": 2}
 
 
 @pytest.mark.parametrize("spec", ["engine", "engine:part=1", "engine:part=1:transient=0", "s3:get:throttle=1",
