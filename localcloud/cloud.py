@@ -127,34 +127,9 @@ class AwsCalls:
             return Counter(self.counts)
 
 
-def _patch_moto_dynamodb():
-    """Make moto's DynamoDB item operations atomic, as DynamoDB's are. moto's update_item on a new item first
-    stores the bare key and then applies the update, so a read from another thread can see an item with no
-    attributes (a state DynamoDB never shows). One lock around item operations closes that window."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    if getattr(DynamoDBBackend, "_localcloud_atomic", False):
-        return
-    lock = threading.RLock()
-
-    def atomic(method):
-        def locked(self, *args, **kwargs):
-            with lock:
-                return method(self, *args, **kwargs)
-        return locked
-
-    for name in ("get_item", "put_item", "update_item", "delete_item", "batch_get_item", "transact_write_items"):
-        setattr(DynamoDBBackend, name, atomic(getattr(DynamoDBBackend, name)))
-    DynamoDBBackend._localcloud_atomic = True
-
-
-def _patch_powertools_metrics():
-    """Keep a metric from being lost between functions. Powertools keeps one metric set per process, which in
-    Lambda is one function's; here every function shares it, and a flush (serialize, print, clear) running while
-    another function adds a metric would clear that metric unprinted. One lock around adds and flushes."""
-    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
-
-    if getattr(AmazonCloudWatchEMFProvider, "_localcloud_locked", False):
+def _one_lock_around(cls, names: tuple[str, ...]):
+    """Make these methods of `cls` run one at a time across threads (once per process, however often asked)."""
+    if getattr(cls, "_localcloud_locked", False):
         return
     lock = threading.RLock()
 
@@ -164,9 +139,28 @@ def _patch_powertools_metrics():
                 return method(self, *args, **kwargs)
         return call
 
-    for name in ("add_metric", "flush_metrics"):
-        setattr(AmazonCloudWatchEMFProvider, name, locked(getattr(AmazonCloudWatchEMFProvider, name)))
-    AmazonCloudWatchEMFProvider._localcloud_locked = True
+    for name in names:
+        setattr(cls, name, locked(getattr(cls, name)))
+    cls._localcloud_locked = True
+
+
+def _patch_moto_dynamodb():
+    """Make moto's DynamoDB item operations atomic, as DynamoDB's are. moto's update_item on a new item first
+    stores the bare key and then applies the update, so a read from another thread can see an item with no
+    attributes (a state DynamoDB never shows). One lock around item operations closes that window."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    _one_lock_around(DynamoDBBackend, ("get_item", "put_item", "update_item", "delete_item", "batch_get_item",
+                                       "transact_write_items"))
+
+
+def _patch_powertools_metrics():
+    """Keep a metric from being lost between functions. Powertools keeps one metric set per process, which in
+    Lambda is one function's; here every function shares it, and a flush (serialize, print, clear) running while
+    another function adds a metric would clear that metric unprinted. One lock around adds and flushes."""
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+    _one_lock_around(AmazonCloudWatchEMFProvider, ("add_metric", "flush_metrics"))
 
 
 class LocalCloud:
