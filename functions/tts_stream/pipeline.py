@@ -70,13 +70,13 @@ def choose_voice(text: str, voice: str, language: str, settings: Settings, engin
 
 @dataclass(frozen=True)
 class Split:
-    """An answer as the pipeline speaks it: its parts' texts, the one voice for all of them, and (with the
-    prompt cache on) each part's cache key."""
+    """An answer as the pipeline speaks it: its parts' texts, the one engine and voice for all of them (named as
+    the manifest pins them), and (with the prompt cache on) each part's cache key."""
     texts: list[str]
     engine: str
     language: str
     voice: str
-    identity: dict[str, str]
+    engine_settings: dict[str, str]
     keys: list[str]
 
 
@@ -103,8 +103,10 @@ def cached_parts(ddb, settings: Settings, split: Split, *, now_ms: int) -> dict[
     return {i: cache.object_key(k) for i, k in enumerate(split.keys) if k in hits}
 
 
-def part_item(stream_id: str, index: int, text: str, planned, *, cache_on: bool, now_ms: int) -> dict:
-    """One Map item: everything SynthesizeFunction needs to speak part `index` as the manifest pinned it.
+def part_item(stream_id: str, index: int, text: str, planned: "manifest.Manifest | Split", *, cache_on: bool,
+              now_ms: int) -> dict:
+    """One Map item: everything SynthesizeFunction needs to speak part `index` as the manifest pinned it
+    (`planned`: the manifest, or the Split it is about to be planned from).
     Cache keys come from what the manifest pinned, not from this run: a repeated plan (a second workflow for
     the same stream) may have been given other text, and must not file one text's audio under another's."""
     return {"stream_id": stream_id, "index": index, "text": text, "engine": planned.engine, "voice": planned.voice,
@@ -144,7 +146,7 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
             planned = manifest.plan(
                 ddb, settings.table_name, stream_id, content_hash,
                 texts=split.texts, engine=split.engine, voice=split.voice, language=split.language,
-                now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.identity,
+                now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.engine_settings,
                 cached=cached_parts(ddb, settings, split, now_ms=now_ms),
             )
     return plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms)

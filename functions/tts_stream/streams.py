@@ -244,16 +244,14 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
     except (ClientError, BotoCoreError):
         logger.warning("prompt cache lookup failed; every part is spoken", exc_info=True)
         cached = {}
-    pinned = manifest.Manifest(stream_id, manifest.STATUS_STREAMING, engine=split.engine, voice=split.voice,
-                               language=split.language, engine_settings=split.identity)
-    part0 = pipeline.part_item(stream_id, 0, split.texts[0], pinned, cache_on=bool(split.keys), now_ms=now_ms)
+    part0 = pipeline.part_item(stream_id, 0, split.texts[0], split, cache_on=bool(split.keys), now_ms=now_ms)
     speaking = None if 0 in cached else _FirstPart(clients, settings, part0, clock=clock)
     created = False
     try:
         created, planned = manifest.begin_planned(
             clients.ddb, settings.table_name, stream_id, content_hash, texts=split.texts, engine=split.engine,
             voice=split.voice, language=split.language, now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
-            engine_settings=split.identity, cached=cached)
+            engine_settings=split.engine_settings, cached=cached)
     finally:
         if speaking:
             speaking.begun(created)
