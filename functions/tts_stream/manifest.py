@@ -153,6 +153,18 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
     return False, existing
 
 
+# What planning a stream sets, whether it is planned as it is created (begin_planned) or later (plan).
+_PLAN = ("#total = :total, #texts = :texts, #engine = :engine, #voice = :voice, #language = :language, "
+         "engine_settings = :settings")
+
+
+def _plan_values(texts: list[str], engine: str, voice: str, language: str,
+                 engine_settings: dict[str, str] | None) -> dict:
+    return {":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
+            ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
+            ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}}}
+
+
 def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
                   language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
                   cached: dict[int, str] | None = None) -> tuple[bool, Manifest]:
@@ -164,8 +176,7 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :streaming, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :ready, #keys = :keys, #total = :total, #texts = :texts, "
-                            "#engine = :engine, #voice = :voice, #language = :language, engine_settings = :settings",
+                            "expires_at = :exp, #ready = :ready, #keys = :keys, " + _PLAN,
         "ConditionExpression": "attribute_not_exists(stream_id)",
         "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#ready", "#keys", "#total", "#texts",
                                                            "#engine", "#voice", "#language")},
@@ -174,9 +185,7 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
             ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
             ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
-            ":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
-            ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
-            ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}},
+            **_plan_values(texts, engine, voice, language, engine_settings),
         },
     })
     if created:
@@ -244,15 +253,12 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": ", ".join([
-            "SET #status = :streaming, #total = :total, #texts = :texts, #engine = :engine, #voice = :voice, "
-            "#language = :language, engine_settings = :settings", *marks]),
+            "SET #status = :streaming, " + _PLAN, *marks]),
         "ConditionExpression": "input_hash = :h AND #status = :starting",
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": {
             ":streaming": {"S": STATUS_STREAMING}, ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash},
-            ":total": {"N": str(len(texts))}, ":texts": {"L": [{"S": t} for t in texts]},
-            ":engine": {"S": engine}, ":voice": {"S": voice}, ":language": {"S": language},
-            ":settings": {"M": {k: {"S": v} for k, v in (engine_settings or {}).items()}},
+            **_plan_values(texts, engine, voice, language, engine_settings),
             **keys,
             **({":now": {"N": str(now_ms)}} if cached else {}),
         },
