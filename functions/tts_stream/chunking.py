@@ -21,6 +21,7 @@ of the chunk before it, so callers `.strip()` a chunk before synthesis.
 """
 
 import bisect
+import itertools
 import re
 import unicodedata
 from typing import NamedTuple
@@ -32,8 +33,14 @@ from pysbd.lang.english import English
 # 15-40 characters as the sweet spot) is synthesized and played while the rest is still being made.
 DEFAULT_FIRST_MAX = 40
 # Later parts merge sentences: fewer prosody resets and fewer per-part requests, while one part still
-# synthesizes in well under a second (~12 s of English speech at 200 characters).
+# synthesizes in well under a second (~12 s of English speech at 200 characters). The target is a length of
+# speech, so a Hangul syllable counts as HANGUL_SPEECH_WEIGHT characters: a Korean part is ~9-12 s too.
 DEFAULT_TARGET = 200
+# How much longer a Hangul syllable takes to say than a Latin letter: 2.9 in the bench's answers with eSpeak NG
+# (60 ms of English audio per character; 26.0 s for 131 syllables and 55 other characters of Korean).
+# Counted as one, 200 characters of Korean were 26 s of speech: the longest part of a Korean answer took
+# twice as long to synthesize as an English one, and a caller who interrupted it left more of it unheard.
+HANGUL_SPEECH_WEIGHT = 3
 # Only a single run-on sentence can exceed the target; past this it is cut at a clause. 400 characters is
 # far below Polly's 3,000 billed characters per request, leaves room for SSML escaping, and keeps one part
 # under ~30 s of English (~60 s of Korean) so an interrupted turn wastes little audio.
@@ -213,7 +220,8 @@ def split_for_speech(
 
     The first chunk is the first sentence alone when it fits in `first_max`, otherwise its strongest
     clause below `first_max` ("Sure, "): a short first part shortens the silence before the caller hears
-    anything. Later chunks merge whole sentences up to `target` characters. A sentence longer than
+    anything. Later chunks merge whole sentences up to `target` characters of speech, where a Hangul syllable
+    counts as HANGUL_SPEECH_WEIGHT (it takes about that much longer to say). A sentence longer than
     `max_len` is cut at its best boundary below `max_len`: a sentence end inside a quotation, semicolon or
     colon, comma or dash, conjunction or Korean connective ending (-고, -며, -는데, -지만, -어서), phrase
     start (before "of", after 은/는/을/를), then the last space; a hard cut only when there is no space.
@@ -448,9 +456,11 @@ def _mask_links(text: str) -> str:
 
 
 def _shape(text: str, boundaries: _Boundaries, first_max: int, target: int, max_len: int) -> list[str]:
-    """Pack sentences into chunks: the first sentence alone, then whole sentences up to target."""
+    """Pack sentences into chunks: the first sentence alone, then whole sentences up to target (a length of
+    speech, see HANGUL_SPEECH_WEIGHT; the limits are characters)."""
     starts = boundaries.starts
     ends = starts + [len(text)]
+    spoken = _speech_lengths(text)
     chunks = []
     position = 0
     while position < len(text):
@@ -465,12 +475,19 @@ def _shape(text: str, boundaries: _Boundaries, first_max: int, target: int, max_
             end = _best_cut(text, position, position + limit, shortest, boundaries)
         else:
             end = ends[index]
-            while index + 1 < len(ends) and ends[index + 1] - position <= goal:
+            while index + 1 < len(ends) and spoken[ends[index + 1]] - spoken[position] <= goal:
                 index += 1
                 end = ends[index]
         chunks.append(text[position:end])
         position = end
     return chunks
+
+
+def _speech_lengths(text: str) -> list[int]:
+    """spoken[i] is the length of speech in text[:i]: characters, a Hangul syllable counted HANGUL_SPEECH_WEIGHT
+    times; text[a:b] is spoken[b] - spoken[a] long."""
+    return list(itertools.accumulate((HANGUL_SPEECH_WEIGHT if "가" <= char <= "힣" else 1 for char in text),
+                                     initial=0))
 
 
 def _best_cut(text: str, start: int, limit_end: int, shortest: int, boundaries: _Boundaries) -> int:

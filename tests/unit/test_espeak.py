@@ -115,3 +115,24 @@ def test_importing_the_engines_does_not_load_espeak():
 
     # Then the library is not loaded until the first synthesis
     assert loaded.stdout.strip() == "False"
+
+
+def test_korean_and_english_parts_are_about_as_long_to_hear():
+    # Given support answers of 12 sentences in English and in Korean
+    from tts_stream.chunking import split_for_speech
+
+    english = " ".join(["Your parcel left our depot this morning.", "The driver will call you first.",
+                        "You can change the address in the app."] * 4)
+    korean = " ".join(["소포가 오늘 아침 출발했습니다.", "기사님이 먼저 전화합니다.", "주소는 앱에서 바꿀 수 있어요."] * 4)
+
+    # When each is split with the defaults and its longest later part is spoken
+    def longest_part_seconds(text, voice):
+        parts = split_for_speech(text)[1:]
+        return max(seconds(EspeakEngine().synthesize(part.strip(), voice)) for part in parts)
+
+    en_s, ko_s = longest_part_seconds(english, "en-us"), longest_part_seconds(korean, "ko")
+
+    # Then the Korean part takes about as long to hear as the English one (counting Hangul syllables as one
+    # character each, it took more than twice as long), and neither runs past ~15 s
+    assert 0.6 < ko_s / en_s < 1.4, (ko_s, en_s)
+    assert max(ko_s, en_s) < 15
