@@ -154,6 +154,46 @@ def _patch_moto_dynamodb():
                                        "transact_write_items"))
 
 
+# The clients of moto's Step Functions engine, one per (region, service, moto port): see _patch_moto_stepfunctions.
+_engine_clients: dict[tuple[str, str, str], object] = {}
+_engine_clients_lock = threading.Lock()
+
+
+def engine_clients() -> list:
+    with _engine_clients_lock:
+        return list(_engine_clients.values())
+
+
+def _patch_moto_stepfunctions():
+    """Let moto's Step Functions engine keep its Lambda client, as the service keeps its connections. moto makes a
+    new boto3 client for every Task state it runs: ~5 ms of CPU each, ten at once when a Map starts, taken from
+    the Lambdas running beside it in this process. The client is made from boto3's default session, as moto's
+    is, so the request counter and the latency model see its invokes. moto internals: pinned moto version."""
+    import boto3
+    from botocore.config import Config
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    if getattr(lambda_eval_utils, "_localcloud_patched", False):
+        return
+
+    def boto_client_for(region, service, state_credentials=None):
+        port = os.environ["MOTO_PORT"]
+        with _engine_clients_lock:
+            if (region, service, port) not in _engine_clients:
+                # moto's own settings, and a pool for the Map's parallel invokes (and other streams' at once)
+                _engine_clients[(region, service, port)] = boto3.client(
+                    service, region_name=region, endpoint_url=f"http://localhost:{port}",
+                    aws_access_key_id="ak", aws_secret_access_key="sk",
+                    config=Config(parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
+                                  connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+                                  read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS, max_pool_connections=64))
+            return _engine_clients[(region, service, port)]
+
+    lambda_eval_utils.boto_client_for = boto_client_for
+    lambda_eval_utils._localcloud_patched = True
+
+
 def _patch_powertools_metrics():
     """Keep a metric from being lost between functions. Powertools keeps one metric set per process, which in
     Lambda is one function's; here every function shares it, and a flush (serialize, print, clear) running while
@@ -171,6 +211,8 @@ class LocalCloud:
         self.functions: dict[str, LocalFunction] = {}
         self.aws_calls = AwsCalls()
         self._session = None
+        self._connect_clients: dict[str, object] = {}
+        self._connect_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self, port: int = 0) -> "LocalCloud":
@@ -193,6 +235,7 @@ class LocalCloud:
                                         "lambda": {"use_docker": False}})
         _patch_moto_lambda()
         _patch_moto_dynamodb()
+        _patch_moto_stepfunctions()
         _patch_powertools_metrics()
         # Handlers make their clients from boto3's default session: count what they ask AWS for. localcloud's
         # own clients (setup, reports) use a session of their own and are not counted.
@@ -223,6 +266,18 @@ class LocalCloud:
 
     def client(self, service: str):
         return self._session.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION)
+
+    def connect_client(self, service: str):
+        """The client Connect makes its own requests with (invoking a function, fetching a prompt): one per
+        service, kept, as Connect keeps its connections. Making a client costs ~5 ms of CPU that no call pays."""
+        with self._connect_lock:
+            if service not in self._connect_clients:
+                self._connect_clients[service] = self.client(service)
+            return self._connect_clients[service]
+
+    def connect_clients(self) -> list:
+        with self._connect_lock:
+            return list(self._connect_clients.values())
 
     # -- resources from the template ---------------------------------------------------------------------
     def _name(self, logical_id: str) -> str:
@@ -317,7 +372,7 @@ class LocalCloud:
 
     def invoke(self, logical_id: str, event) -> dict:
         """Invoke a function through the Lambda API, as `sam local invoke` would."""
-        response = self.client("lambda").invoke(FunctionName=self.physical(logical_id),
+        response = self.connect_client("lambda").invoke(FunctionName=self.physical(logical_id),
                                                 Payload=json.dumps(event).encode())
         payload = json.loads(response["Payload"].read() or b"null")
         if response.get("FunctionError"):

@@ -47,6 +47,7 @@ from urllib.parse import unquote
 
 
 from localcloud import hooks
+from localcloud.cloud import engine_clients
 from tts_stream import engines
 
 SOURCES = {
@@ -274,7 +275,9 @@ def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] =
     _register(boto3.DEFAULT_SESSION.events, _HOOKS)
     if cloud is not None:
         _register(cloud._session.events, _CONNECT_HOOKS)
-        for client in hooks.handler_clients(cloud):
+        for client in cloud.connect_clients():  # made before: they copied the session's hooks then
+            _register(client.meta.events, _CONNECT_HOOKS)
+        for client in [*hooks.handler_clients(cloud), *engine_clients()]:
             _register(client.meta.events, _HOOKS)
     latency = Latency(model, sleep=sleep, init_ms=init_ms)
     real_get_engine = engines.get_engine

@@ -93,7 +93,7 @@ def fetch_part(cloud, url: str) -> bytes:
     the bucket policy grants; a presigned URL is fetched with a plain HTTP GET, its signature being the access."""
     match = _OBJECT_URL.fullmatch(url)
     if match:
-        s3 = cloud.client("s3")
+        s3 = cloud.connect_client("s3")
         return s3.get_object(Bucket=match.group("bucket"), Key=match.group("key"))["Body"].read()
     if not url.startswith(cloud.endpoint + "/"):
         raise ValueError(f"{url!r} is not an S3 URL of this local cloud")
