@@ -218,10 +218,10 @@ def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms, i
     """Write a spoken part to S3, then mark it ready (the object first, so a part marked ready is always
     complete). Returns the S3 key it plays from; StreamCancelled if the stream was cancelled meanwhile.
 
-    The prompt-cache entry of a new part is written after its object, so an entry never points at nothing: for
-    the workflow's parts by Finish, all in one request (index_written); for part 0 spoken by ConnectFunction by
-    `index_meanwhile(call)`, which runs the write alongside the ready mark (the caller waits for the mark, not
-    for the index)."""
+    The prompt-cache entry of a new part is written after its object, so an entry never points at nothing: by
+    the workflow's Finish, for all its parts and the part 0 ConnectFunction spoke, in one request
+    (index_written); for the part 0 of an answer that needs no workflow, by `index_meanwhile(call)`, which runs
+    the write alongside the ready mark."""
     stream_id, index = part["stream_id"], part["index"]
     key = store_key(settings, part)
     with aws_errors_as_retryable():
@@ -296,14 +296,21 @@ def record_failure(ddb, settings: Settings, event) -> dict:
 
 def finish_stream(ddb, settings: Settings, event) -> dict:
     """Record the stream's outcome, then index in the prompt cache the parts this run wrote (the Map's
-    `part_results`): one request for up to 25 parts, instead of one per part as each was written."""
+    `part_results`), and part 0 if ConnectFunction spoke it beside this run: one request for up to 25 parts,
+    instead of one per part as each was written."""
     stream_id = check_stream_id(event.get("stream_id") if isinstance(event, dict) else None)
     # Set when the Map itself failed (not one part): its reason is what the stream failed of.
     reason = failure_message(event["map_failure"]) if event.get("map_failure") else ""
-    owned = owned_parts(first_part_role(event), event.get("total"))
+    role = first_part_role(event)
+    owned = owned_parts(role, event.get("total"))
     spoken = spoken_parts(event.get("part_results"))
     with aws_errors_as_retryable():
         finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason, owned=owned)
+    if role == FIRST_PART_INLINE and finished.ready.get(0, 0) > finished.created_ms:
+        # ConnectFunction spoke part 0 and left its entry to this one write, off the caller's path. A part 0
+        # served from the prompt cache was ready when the stream was created, and its entry keeps its own time.
+        # Marked after this read (a slow engine), part 0 stays out of the cache: a later stream speaks it again.
+        spoken.append(0)
     # Key and time come from the manifest's ready marks, not from the workflow: an entry only for audio in S3.
     written = {finished.keys[i]: finished.ready[i] for i in spoken if i in finished.ready and i in finished.keys}
     outcome = {"stream_id": stream_id, "status": finished.status, "total": finished.total,

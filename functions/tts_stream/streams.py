@@ -169,14 +169,16 @@ def _index_aside(call):
 class _FirstPart:
     """Part 0, spoken here from the moment the request is understood, while the stream is created and its
     workflow started: the caller's first words then wait for one engine call, one S3 write and one manifest
-    write. The workflow is told (first_part=inline) to leave part 0 alone. What is spoken is stored only once
-    the stream exists and is ours (`begun`), never for a retry of a stream someone else started."""
+    write. The workflow is told (first_part=inline) to leave part 0 alone, and its Finish indexes part 0 in the
+    prompt cache with the other parts. What is spoken is stored only once the stream exists and is ours
+    (`begun`), never for a retry of a stream someone else started."""
 
     def __init__(self, clients, settings, part: dict, *, clock):
         self.clients, self.settings, self.clock, self.part = clients, settings, clock, part
         self.started_ms = clock.now_ms()
         self._begun = threading.Event()
         self._ours = False
+        self._index_here = False
         self._work = _Background(self._speak, "first-part")
 
     def _speak(self) -> str:
@@ -185,11 +187,13 @@ class _FirstPart:
         if not self._ours:
             return ""
         return pipeline.store_part(self.clients.ddb, self.clients.s3, self.settings, self.part, wav,
-                                   now_ms=self.clock.now_ms, index_meanwhile=_index_aside)
+                                   now_ms=self.clock.now_ms,
+                                   index_meanwhile=_index_aside if self._index_here else None)
 
-    def begun(self, ours: bool):
-        """The stream exists now; `ours` if this request created it (else part 0 is not stored here)."""
-        self._ours = ours
+    def begun(self, ours: bool, *, index_here: bool):
+        """The stream exists now; `ours` if this request created it (else part 0 is not stored here).
+        `index_here`: no workflow runs (so no Finish), and part 0's cache entry is written here."""
+        self._ours, self._index_here = ours, index_here
         self._begun.set()
 
     def ready(self, *, deadline_ms: int) -> str | None:
@@ -246,22 +250,23 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
         cached = {}
     part0 = pipeline.part_item(stream_id, 0, split.texts[0], split, cache_on=bool(split.keys), now_ms=now_ms)
     speaking = None if 0 in cached else _FirstPart(clients, settings, part0, clock=clock)
-    created = False
+    created, workflow = False, False
     try:
         created, planned = manifest.begin_planned(
             clients.ddb, settings.table_name, stream_id, content_hash, texts=split.texts, engine=split.engine,
             voice=split.voice, language=split.language, now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
             engine_settings=split.engine_settings, cached=cached)
+        workflow = any(i not in planned.ready for i in range(1, planned.total))
     finally:
         if speaking:
-            speaking.begun(created)
+            speaking.begun(created, index_here=not workflow)
     if not created:
         return None
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
     workflow_input = {**workflow_input, "input_hash": content_hash}
     inline = {**workflow_input, "first_part": pipeline.FIRST_PART_INLINE}
     starting = _Background(lambda: _start_workflow(clients, settings, stream_id, inline), "start-workflow") \
-        if any(i not in planned.ready for i in range(1, planned.total)) else None
+        if workflow else None
     played = cached.get(0) or speaking.ready(deadline_ms=request.deadline_ms)
     if starting:
         starting.result()

@@ -71,7 +71,7 @@ def _cache_entries(cloud, found) -> dict[str, int]:
     return entries
 
 
-def test_a_calls_new_parts_are_indexed_with_their_ready_times_in_one_request_per_writer(cloud, setting):
+def test_a_calls_new_parts_are_indexed_with_their_ready_times_in_one_request(cloud, setting):
     # When an answer of several parts (one per sentence) is spoken for the first time, through the contact flow
     setting("CHUNK_TARGET_CHARS", 30)
     text = unique_answer()
@@ -81,9 +81,38 @@ def test_a_calls_new_parts_are_indexed_with_their_ready_times_in_one_request_per
     found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), report["stream_id"])
     assert found.status == "complete" and found.total == 4
     assert _cache_entries(cloud, found) == found.ready
-    # in one request from ConnectFunction (part 0) and one from the workflow's Finish (every other part)
-    assert report["aws_calls"]["dynamodb.BatchWriteItem"] == 2
+    # in one request, from the workflow's Finish: part 0, which ConnectFunction spoke, with the others
+    assert report["aws_calls"]["dynamodb.BatchWriteItem"] == 1
     assert "dynamodb.PutItem" not in report["aws_calls"]
+
+
+def test_a_one_part_answer_is_indexed_by_the_request_that_spoke_it(cloud):
+    # When an answer of one part is spoken for the first time: no workflow, so no Finish
+    report = runs.run_call(cloud, f"Your reference is {uuid.uuid4().hex[:6]}.", speed=50)
+
+    # Then ConnectFunction wrote its entry, with its ready time
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), report["stream_id"])
+    assert found.status == "complete" and found.total == 1
+    assert _cache_entries(cloud, found) == found.ready
+    assert report["aws_calls"]["dynamodb.BatchWriteItem"] == 1
+    assert "stepfunctions.StartExecution" not in report["aws_calls"]
+
+
+def test_a_first_part_served_from_the_cache_keeps_the_time_its_object_was_written(cloud, setting):
+    # Given an answer spoken once, and a new answer that starts with the same sentence
+    setting("CHUNK_TARGET_CHARS", 30)
+    first = unique_answer()
+    runs.run_call(cloud, first, speed=50)
+    opening = first.split(". ")[0] + ". "
+    report = runs.run_call(cloud, opening + unique_answer(), speed=50)
+
+    # Then the new answer's part 0 played from the cache, and the workflow's Finish indexed only the parts it
+    # spoke: part 0's entry still says when its object was written, before this stream existed
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), report["stream_id"])
+    entries = _cache_entries(cloud, found)
+    assert found.status == "complete" and found.ready[0] == found.created_ms
+    assert entries[0] < found.created_ms
+    assert {i: entries[i] for i in range(1, found.total)} == {i: found.ready[i] for i in range(1, found.total)}
 
 
 def test_finish_indexes_the_parts_spoken_not_the_part_that_failed(cloud, stream_id, setting):

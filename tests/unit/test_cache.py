@@ -84,10 +84,12 @@ def test_only_a_prompt_cache_object_has_a_cache_key(object_key, expected):
 
 
 def test_finish_records_the_outcome_even_when_the_cache_entries_cannot_be_written(ddb, no_sleep):
-    # Given a stream whose two parts are ready, the second spoken by the workflow's Map
+    # Given a stream whose two parts are ready: part 0 from the prompt cache (ready when the stream was created),
+    # the second spoken by the workflow's Map
     settings = config.load({"TABLE_NAME": "manifests", "CACHE_TABLE": TABLE, "CACHE_RETENTION_DAYS": "30"})
     key = "cd" * 32
     item = {"stream_id": {"S": "s-1"}, "status": {"S": "streaming"}, "total": {"N": "2"},
+            "created_ms": {"N": "1700000000000"},
             "ready": {"M": {"0": {"N": "1700000000000"}, "1": {"N": "1700000000500"}}},
             "keys": {"M": {"0": {"S": cache.object_key("ab" * 32)}, "1": {"S": cache.object_key(key)}}}}
     with Stubber(ddb) as stub:
