@@ -168,7 +168,7 @@ def package_sizes(functions: list[str], *, quick: bool) -> dict:
         if fingerprint not in by_content:
             by_content[fingerprint] = _sizes(folder, files)
         sizes[logical_id] = by_content[fingerprint]
-    return {"build": str(built.relative_to(ROOT)), "functions": sizes}
+    return {"build": str(built.relative_to(ROOT) if built.is_relative_to(ROOT) else built), "functions": sizes}
 
 
 def _build_dir(functions: list[str], *, quick: bool) -> Path | None:
