@@ -1,16 +1,22 @@
 """Production-like latency for local runs: every AWS request and every engine call takes about as long as on AWS.
 
-moto answers in a millisecond or two and eSpeak speaks a sentence in ~5 ms, so a local run says nothing about the
+moto answers in a few milliseconds and eSpeak speaks a sentence in ~10 ms, so a local run says nothing about the
 time a caller waits. `install(LatencyModel())` makes each request of our functions (and of the Step Functions
-engine) sleep the modeled time of its service operation, Lambda invokes cost a warm or a cold start, and every
-engine call costs a first byte plus a per-character time, all without touching our code:
+engine) take the modeled time of its service operation, Lambda invokes cost a warm or a cold start, and every
+engine call costs a first byte plus a per-character time, all without touching our code.
 
-- a botocore `before-call` hook on boto3's default session, where the handlers and moto's Step Functions engine
-  make their clients (a Lambda Invoke made by the workflow also pays one state transition);
-- given the local cloud, the same hook on its own session for the two requests Connect makes: invoking
+A figure is what the service takes, its network included: moto's own time for a request (and eSpeak's for a
+part) stands in for the service's work, so it is counted inside the figure, not added to it. A request waits
+after its answer for what is left of its modeled time; only where this machine is slower than the model does its
+own cost show. Our code's time (building requests, encoding audio, everything in a handler) is never absorbed.
+A Lambda invoke is the exception: the function runs inside the request, so its modeled time is added before it.
+
+- botocore hooks on boto3's default session, where the handlers and moto's Step Functions engine make their
+  clients (a Lambda Invoke made by the workflow also pays one state transition);
+- given the local cloud, the same hooks on its own session for the two requests Connect makes: invoking
   ConnectFunction, and fetching each prompt from S3 before it plays;
-- `tts_stream.engines.get_engine` wrapped, as localcloud/faults.py does, so every engine sleeps before speaking
-  (in addition to eSpeak's own real time).
+- `tts_stream.engines.get_engine` wrapped, as localcloud/faults.py does, so every engine call takes at least
+  its modeled time.
 
 Figures (milliseconds, one request from a Lambda function to a service in the same region):
 
@@ -132,14 +138,14 @@ def _invoked_function(request: dict | None) -> str:
 class Latency:
     """The model at work: what it slept, which functions started cold, how often the engine spoke.
 
-    `sleep` is injectable, so tests can record the modeled delays instead of waiting for them.
+    `sleep` and `clock` (seconds) are injectable, so tests can record the modeled delays instead of waiting.
     """
 
     def __init__(self, model: LatencyModel, *, sleep: Callable[[float], None] = time.sleep,
-                 init_ms: dict[str, float] | None = None):
+                 clock: Callable[[], float] = time.perf_counter, init_ms: dict[str, float] | None = None):
         self.model = model
         self.init_ms = {} if model.is_off else dict(init_ms or {})  # off models nothing, init included
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
         self._lock = threading.Lock()
         self._environments: Counter[str] = Counter()
         self._busy: Counter[str] = Counter()
@@ -175,21 +181,46 @@ class Latency:
             if by_workflow:
                 # Our functions invoke no Lambda: on the default session an Invoke is a workflow Task state.
                 delay += self.model.sfn_transition_ms
-        self._wait(what, delay)
+            self._wait(what, delay)  # before the function runs: it runs inside this request
+            return
+        self._count(what)
+        if context is not None and delay > 0:
+            context["localcloud_latency"] = (what, delay)  # the rest of it after the answer (on_answer)
+
+    def on_sent(self, request=None, **_):
+        """botocore before-send: the request leaves now; what moto takes from here counts inside its figure."""
+        context = getattr(request, "context", None)
+        if isinstance(context, dict) and "localcloud_latency" in context:
+            context["localcloud_latency_sent"] = self._clock()
+
+    def on_answer(self, context=None, **_):
+        """botocore after-call / after-call-error: wait for what is left of the request's modeled time (all of it
+        for a request never sent, as a stubbed one)."""
+        modeled = (context or {}).pop("localcloud_latency", None)
+        sent = (context or {}).pop("localcloud_latency_sent", None)
+        if modeled is not None:
+            what, delay = modeled
+            self._pad(what, delay, sent)
 
     def on_done(self, context=None, **_):
-        """botocore after-call / after-call-error: the invoked function's environment is free again."""
+        """botocore after-call / after-call-error of an Invoke: the function's environment is free again."""
         name = (context or {}).pop("localcloud_latency_function", None)
         if name is not None:
             with self._lock:
                 self._busy[name] -= 1
 
-    def on_engine(self, text: str):
+    def speak(self, text: str, synthesize: Callable[[], object]):
+        """One engine call, taking at least its modeled time: the engine's own time counts inside it."""
         with self._lock:
             self.engine_calls += 1
             self.engine_chars += len(text)
-        if self.active:
-            self._wait("engine.synthesize", self.model.engine_ms(text))
+        if not self.active:
+            return synthesize()
+        self._count("engine.synthesize")
+        started = self._clock()
+        speech = synthesize()
+        self._pad("engine.synthesize", self.model.engine_ms(text), started)
+        return speech
 
     # -- state -----------------------------------------------------------------------------------------------
     def make_cold(self):
@@ -213,12 +244,23 @@ class Latency:
                 self.cold_starts[name] += 1
             return cold
 
-    def _wait(self, what: str, delay_ms: float):
+    def _count(self, what: str):
         with self._lock:
             self.requests[what] += 1
-            if delay_ms > 0:
-                self.slept_ms[what] += delay_ms
+
+    def _wait(self, what: str, delay_ms: float):
+        self._count(what)
+        self._sleep_ms(what, delay_ms)
+
+    def _pad(self, what: str, delay_ms: float, started: float | None):
+        """Sleep what is left of `delay_ms` since `started` (the clock's seconds; None: nothing has passed)."""
+        spent_ms = 0.0 if started is None else (self._clock() - started) * 1000
+        self._sleep_ms(what, delay_ms - spent_ms)
+
+    def _sleep_ms(self, what: str, delay_ms: float):
         if delay_ms > 0:
+            with self._lock:
+                self.slept_ms[what] += delay_ms
             self._sleep(delay_ms / 1000)
 
 
@@ -236,16 +278,35 @@ class _Dispatch:
         return None
 
 
+class _ModeledEngine:
+    """The real engine, each call taking at least the model's time (see Latency.speak)."""
+
+    def __init__(self, engine, latency: Latency):
+        self._engine, self._latency = engine, latency
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def synthesize(self, text, voice):
+        return self._latency.speak(text, lambda: self._engine.synthesize(text, voice))
+
+
 _installed: Latency | None = None
 _HOOKS = (  # event, hook, unique id: registering twice with one id is a no-op
     # As specific as botocore.stub.Stubber's hook, so that a stubbed client (tests) still waits the modeled time.
     ("before-call.*.*", _Dispatch("on_request"), "localcloud-latency-request"),
+    ("before-send.*.*", _Dispatch("on_sent"), "localcloud-latency-sent"),
+    ("after-call.*.*", _Dispatch("on_answer"), "localcloud-latency-answer"),
+    ("after-call-error.*.*", _Dispatch("on_answer"), "localcloud-latency-answer-error"),
     ("after-call.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-done"),
     ("after-call-error.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-error"),
 )
 _CONNECT_HOOKS = (
     ("before-call.lambda.Invoke", _Dispatch("on_connect_request"), "localcloud-latency-connect-invoke"),
     ("before-call.s3.GetObject", _Dispatch("on_connect_request"), "localcloud-latency-connect-prompt"),
+    ("before-send.s3.GetObject", _Dispatch("on_sent"), "localcloud-latency-connect-prompt-sent"),
+    ("after-call.s3.GetObject", _Dispatch("on_answer"), "localcloud-latency-connect-prompt-answer"),
+    ("after-call-error.s3.GetObject", _Dispatch("on_answer"), "localcloud-latency-connect-prompt-error"),
     ("after-call.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-done"),
     ("after-call-error.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-error"),
 )
@@ -258,6 +319,7 @@ def _register(emitter, hooks):
 
 @contextmanager
 def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] = time.sleep,
+            clock: Callable[[], float] = time.perf_counter,
             init_ms: dict[str, float] | None = None) -> Iterator[Latency]:
     """Within the block, AWS requests and engine calls take the modeled time; yields the Latency (what it did).
 
@@ -279,9 +341,9 @@ def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] =
             _register(client.meta.events, _CONNECT_HOOKS)
         for client in [*hooks.handler_clients(cloud), *engine_clients()]:
             _register(client.meta.events, _HOOKS)
-    latency = Latency(model, sleep=sleep, init_ms=init_ms)
+    latency = Latency(model, sleep=sleep, clock=clock, init_ms=init_ms)
     real_get_engine = engines.get_engine
-    engines.get_engine = lambda *args, **kwargs: hooks.HookedEngine(real_get_engine(*args, **kwargs), latency.on_engine)
+    engines.get_engine = lambda *args, **kwargs: _ModeledEngine(real_get_engine(*args, **kwargs), latency)
     latency.active = True
     _installed = latency
     try:

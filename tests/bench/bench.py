@@ -665,14 +665,6 @@ def main(argv=None) -> int:
     (OUT / "ttfa.svg").write_text(ttfa_svg(on, bounds, on_plan))
     if timeline:
         (OUT / "timeline.svg").write_text(timeline_svg(timeline, others, timeline["speed"]))
-    estimate = {}
-    for (language, sentences, mode), row in on.items():
-        base = off.get((language, sentences, mode))
-        if mode == "fanout" and base and row["ttfa_ms"] is not None and base["ttfa_ms"] is not None:
-            modeled = row["ttfa_ms"] - base["ttfa_ms"]
-            estimate[f"{language}/{sentences}"] = {
-                "ttfa_minus_local_overhead_ms": round(modeled, 1),
-                "over_modeled_lower_bound": _ratio(modeled, bounds[(language, sentences)]["on"]["modeled_ms"])}
     results = {
         "quick": quick,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -681,7 +673,6 @@ def main(argv=None) -> int:
         "plans": {"on": on_plan, "off": off_plan},
         "lower_bounds": {_key(k): v for k, v in bounds.items()},
         "summary": {"on": {_key(k): v for k, v in on.items()}, "off": {_key(k): v for k, v in off.items()}},
-        "estimate_without_local_overhead": estimate,
         "targets": targets,
         "cold_start": {"import_ms": imports, "handler_modules": functions, "packages": packages,
                        "cold_call": passes["on"].get("cold_call")},
@@ -728,11 +719,6 @@ def report(results: dict, on: dict, off: dict, bounds: dict, targets: list[dict]
                      f"{experiment['requests']} vs {base and base['requests']}; min slack at real time "
                      f"{experiment['late_at_real_time']['min_slack_ms']} vs "
                      f"{base and base['late_at_real_time']['min_slack_ms']} ms")
-    for key, value in results["estimate_without_local_overhead"].items():
-        if not key.endswith("/1"):
-            continue  # with more parts, this machine's two cores make the model-off figure a poor baseline
-        lines.append(f"estimate {key}: TTFA minus this machine's own cost {value['ttfa_minus_local_overhead_ms']} ms "
-                     f"= x{value['over_modeled_lower_bound']} the modeled lower bound")
     lines.append("")
     for target in targets:
         note = f" ({target['note']})" if target["note"] else ""

@@ -173,20 +173,70 @@ class FakeEngine:
         return {}
 
 
-def test_the_engine_waits_its_first_byte_plus_a_time_per_character(monkeypatch):
+class Clock:
+    """A clock (seconds) that moves only when told to."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_ms(self, ms: float):
+        self.now += ms / 1000
+
+
+def test_the_engine_takes_its_first_byte_plus_a_time_per_character(monkeypatch):
     # Given an engine the pipeline gets through tts_stream.engines.get_engine
     fake = FakeEngine()
     monkeypatch.setattr(engines, "get_engine", lambda name, settings=None: fake)
     model, slept = LatencyModel(engine_first_byte_ms=100, engine_per_char_ms=2), Recorder()
-    with latency.install(model, sleep=slept) as installed:
+    with latency.install(model, sleep=slept, clock=Clock()) as installed:
         # When it speaks a 10-character part
         engine = engines.get_engine("fake")
         engine.synthesize("0123456789", "v")
-    # Then it waited 100 + 10 x 2 ms, spoke the text itself, and the call was counted; the engine is restored after
+    # Then it took 100 + 10 x 2 ms, spoke the text itself, and the call was counted; the engine is restored after
     assert slept.ms() == [120.0]
     assert fake.texts == ["0123456789"]
     assert installed.engine_calls == 1
     assert engines.get_engine("fake") is fake
+
+
+@pytest.mark.parametrize("own_ms, expected", [(30, [90.0]), (150, [])], ids=["faster", "slower"])
+def test_the_engines_own_time_counts_inside_its_modeled_time(monkeypatch, own_ms, expected):
+    # Given an engine that itself takes `own_ms` (eSpeak stands in for the service, whose time the model is)
+    clock, fake = Clock(), FakeEngine()
+    speak = fake.synthesize
+
+    def synthesize(text, voice):
+        clock.advance_ms(own_ms)
+        return speak(text, voice)
+
+    fake.synthesize = synthesize
+    monkeypatch.setattr(engines, "get_engine", lambda name, settings=None: fake)
+    model, slept = LatencyModel(engine_first_byte_ms=100, engine_per_char_ms=2), Recorder()
+    with latency.install(model, sleep=slept, clock=clock):
+        # When it speaks a 10-character part (modeled: 120 ms)
+        engines.get_engine("fake").synthesize("0123456789", "v")
+    # Then only what is left of the modeled time is slept: nothing when the engine is slower than the model
+    assert slept.ms() == expected
+
+
+@pytest.mark.parametrize("answer_ms, expected", [(3, [5.0]), (12, [])], ids=["faster", "slower"])
+def test_a_requests_time_on_the_wire_counts_inside_its_modeled_time(answer_ms, expected):
+    # Given an UpdateItem (modeled: 8 ms) that moto answers `answer_ms` after it was sent
+    clock, slept = Clock(), Recorder()
+    operation = client("dynamodb").meta.service_model.operation_model("UpdateItem")
+    with latency.install(LatencyModel(), sleep=slept, clock=clock) as installed:
+        context = {}
+        installed.on_request(model=operation, params={}, context=context)
+        clock.advance_ms(1)  # building and signing the request: our client's own time, never absorbed
+        installed.on_sent(request=type("Sent", (), {"context": context})())
+        clock.advance_ms(answer_ms)
+        installed.on_answer(context=context)
+    # Then the request waits after its answer for what is left of the 8 ms, and nothing more if moto was slower
+    assert slept.ms() == expected
+    assert installed.requests == {"dynamodb.UpdateItem": 1}
 
 
 def test_off_waits_for_nothing_but_still_counts(monkeypatch):
