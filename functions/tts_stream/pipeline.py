@@ -306,7 +306,7 @@ def finish_stream(ddb, settings: Settings, event) -> dict:
     spoken = spoken_parts(event.get("part_results"))
     with aws_errors_as_retryable():
         finished = manifest.finish(ddb, settings.table_name, stream_id, reason=reason, owned=owned)
-    if role == FIRST_PART_INLINE and finished.ready.get(0, 0) > finished.created_ms:
+    if role == FIRST_PART_INLINE and 0 < finished.created_ms < finished.ready.get(0, 0):
         # ConnectFunction spoke part 0 and left its entry to this one write, off the caller's path. A part 0
         # served from the prompt cache was ready when the stream was created, and its entry keeps its own time.
         # Marked after this read (a slow engine), part 0 stays out of the cache: a later stream speaks it again.

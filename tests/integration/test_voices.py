@@ -3,6 +3,8 @@
 import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -96,6 +98,47 @@ def test_a_one_part_answer_is_indexed_by_the_request_that_spoke_it(cloud):
     assert _cache_entries(cloud, found) == found.ready
     assert report["aws_calls"]["dynamodb.BatchWriteItem"] == 1
     assert "stepfunctions.StartExecution" not in report["aws_calls"]
+
+
+def test_an_answer_interrupted_while_its_parts_are_spoken_still_indexes_part_0(cloud, setting, monkeypatch):
+    # Given an answer of several parts whose later parts are slow to speak
+    setting("CHUNK_TARGET_CHARS", 30)
+    text = unique_answer()
+    opening = text.split(". ")[0]
+    real = engines.get_engine
+    later_parts_started = threading.Event()
+
+    def slow_after_part_0(name, settings=None):
+        engine = real(name, settings)
+        speak = engine.synthesize
+
+        def synthesize(part, voice):
+            if opening not in part:
+                later_parts_started.set()
+                time.sleep(1.0)
+            return speak(part, voice)
+
+        engine.synthesize = synthesize
+        return engine
+
+    monkeypatch.setattr(engines, "get_engine", slow_after_part_0)
+    # When the stream starts (part 0 spoken by ConnectFunction) and the caller interrupts it while the workflow
+    # speaks the other parts
+    contact = str(uuid.uuid4())
+    first = cloud.invoke("ConnectFunction", connect_event(contact, Action="start_stream", Text=text))
+    assert later_parts_started.wait(timeout=30)
+    cloud.invoke("ConnectFunction", connect_event(contact, Action="stop", StreamId=first["StreamId"]))
+    runs.wait_for_executions(cloud)
+
+    # Then the stream is cancelled, and part 0 is in the prompt cache with its ready time all the same
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), first["StreamId"])
+    assert first["Count"] == "1" and found.status == "cancelled"
+    assert _cache_entries(cloud, found)[0] == found.ready[0]
+
+
+def connect_event(contact: str, **params) -> dict:
+    return {"Name": "ContactFlowEvent", "Details": {"ContactData": {"ContactId": contact, "Attributes": {}},
+                                                    "Parameters": params}}
 
 
 def test_a_first_part_served_from_the_cache_keeps_the_time_its_object_was_written(cloud, setting):
