@@ -22,6 +22,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from urllib.request import Request, urlopen
 
+from botocore.config import Config
+
 from localcloud import template as cfn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,6 +156,8 @@ def _patch_moto_dynamodb():
                                        "transact_write_items"))
 
 
+# Connections a kept client may hold open: a load test has 200 calls on the line, each with a Map of parts.
+_POOL = 256
 # The clients of moto's Step Functions engine, one per (region, service, moto port): see _patch_moto_stepfunctions.
 _engine_clients: dict[tuple[str, str, str], object] = {}
 _engine_clients_lock = threading.Lock()
@@ -170,7 +174,6 @@ def _patch_moto_stepfunctions():
     the Lambdas running beside it in this process. The client is made from boto3's default session, as moto's
     is, so the request counter and the latency model see its invokes. moto internals: pinned moto version."""
     import boto3
-    from botocore.config import Config
     from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
     from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
@@ -187,11 +190,21 @@ def _patch_moto_stepfunctions():
                     aws_access_key_id="ak", aws_secret_access_key="sk",
                     config=Config(parameter_validation=False, retries={"max_attempts": 0, "total_max_attempts": 1},
                                   connect_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
-                                  read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS, max_pool_connections=64))
+                                  read_timeout=TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS,
+                                  max_pool_connections=_POOL))
             return _engine_clients[(region, service, port)]
 
     lambda_eval_utils.boto_client_for = boto_client_for
     lambda_eval_utils._localcloud_patched = True
+
+
+def _patch_moto_s3():
+    """Make moto's S3 PUTs of an object atomic, as S3's are. Two parts of one answer with the same text are
+    written to the same prompt-cache key at once; moto replaces the first object, closing its buffer, while the
+    first PUT still reads it for its ETag, and answers 500 ("I/O operation on closed file"). S3 answers both."""
+    from moto.s3.responses import S3Response
+
+    _one_lock_around(S3Response, ("_key_response_put",))
 
 
 def _patch_powertools_metrics():
@@ -236,6 +249,7 @@ class LocalCloud:
         _patch_moto_lambda()
         _patch_moto_dynamodb()
         _patch_moto_stepfunctions()
+        _patch_moto_s3()
         _patch_powertools_metrics()
         # Handlers make their clients from boto3's default session: count what they ask AWS for. localcloud's
         # own clients (setup, reports) use a session of their own and are not counted.
@@ -243,6 +257,8 @@ class LocalCloud:
 
         boto3.setup_default_session()
         boto3.DEFAULT_SESSION.events.register("before-call", self.aws_calls)
+        with _engine_clients_lock:  # made from an earlier default session: they would count into its cloud
+            _engine_clients.clear()
         self._session = boto3.session.Session()
         self._create_resources()
         return self
@@ -264,15 +280,15 @@ class LocalCloud:
         with urlopen(request, timeout=10) as response:
             response.read()
 
-    def client(self, service: str):
-        return self._session.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION)
+    def client(self, service: str, config=None):
+        return self._session.client(service, endpoint_url=self.endpoint, region_name=cfn.REGION, config=config)
 
     def connect_client(self, service: str):
         """The client Connect makes its own requests with (invoking a function, fetching a prompt): one per
         service, kept, as Connect keeps its connections. Making a client costs ~5 ms of CPU that no call pays."""
         with self._connect_lock:
             if service not in self._connect_clients:
-                self._connect_clients[service] = self.client(service)
+                self._connect_clients[service] = self.client(service, Config(max_pool_connections=_POOL))
             return self._connect_clients[service]
 
     def connect_clients(self) -> list:

@@ -218,9 +218,10 @@ class Latency:
             return synthesize()
         self._count("engine.synthesize")
         started = self._clock()
-        speech = synthesize()
-        self._pad("engine.synthesize", self.model.engine_ms(text), started)
-        return speech
+        try:
+            return synthesize()
+        finally:  # a failing call takes its time too
+            self._pad("engine.synthesize", self.model.engine_ms(text), started)
 
     # -- state -----------------------------------------------------------------------------------------------
     def make_cold(self):

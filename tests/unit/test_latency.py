@@ -12,6 +12,7 @@ import time
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -257,6 +258,49 @@ def test_off_waits_for_nothing_but_still_counts(monkeypatch):
     assert installed.slept_ms == {}
     assert installed.requests == {"dynamodb.GetItem": 1, "lambda.Invoke": 1, "engine.synthesize": 1}
     assert installed.engine_calls == 1
+
+
+class RawBody:
+    """What botocore reads an answer's body from."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
+
+
+@pytest.mark.parametrize("answer_ms, expected", [(3, [5.0]), (12, [])], ids=["faster", "slower"])
+def test_a_request_sent_through_the_hooks_waits_after_its_answer_for_the_rest(answer_ms, expected):
+    # Given a client whose UpdateItem (modeled: 8 ms) is answered `answer_ms` after it leaves, on a fake clock
+    clock, slept = Clock(), Recorder()
+    with latency.install(LatencyModel(), sleep=slept, clock=clock) as installed:
+        aws = client("dynamodb")
+
+        def answer(request, **_):
+            clock.advance_ms(answer_ms)
+            return AWSResponse(request.url, 200, {}, RawBody(b"{}"))
+
+        aws.meta.events.register("before-send.dynamodb.UpdateItem", answer)
+        # When the request is made (botocore's own hooks: before-call, before-send, after-call)
+        aws.update_item(TableName="t", Key={"k": {"S": "1"}})
+    # Then it waited for what was left of its 8 ms after the answer, and nothing when the answer took longer
+    assert slept.ms() == expected
+    assert installed.requests == {"dynamodb.UpdateItem": 1}
+
+
+def test_a_request_that_fails_still_takes_its_modeled_time():
+    # Given a GetItem (modeled: 5 ms) that DynamoDB answers with an error at once
+    clock, slept = Clock(), Recorder()
+    with latency.install(LatencyModel(), sleep=slept, clock=clock):
+        aws = client("dynamodb")
+        with Stubber(aws) as stub:
+            stub.add_client_error("get_item", service_error_code="ValidationException", http_status_code=400)
+            # When the request is made
+            with pytest.raises(aws.exceptions.ClientError):
+                aws.get_item(TableName="t", Key={"k": {"S": "1"}})
+    # Then it took its 5 ms all the same
+    assert slept.ms() == [5.0]
 
 
 def test_clients_keep_no_delay_after_the_block():
