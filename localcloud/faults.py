@@ -108,25 +108,24 @@ MAX_MS = 600_000
 SYNTHESIZE_FUNCTION = "SynthesizeFunction"
 CONNECT_FUNCTION = "ConnectFunction"
 
-# service, operation, error code, HTTP status, message: what AWS answers a throttled request.
+_DDB_THROTTLED = ("ProvisionedThroughputExceededException", 400,
+                  "The level of configured provisioned throughput for the table was exceeded.")
+# service, operation, error code, HTTP status, message: what AWS answers a throttled request. The one list of
+# throttle targets: the SPEC pattern and the grammar are made from it.
 _THROTTLES = {
     "s3:put": ("s3", "PutObject", "SlowDown", 503, "Please reduce your request rate."),
-    "ddb:update": ("dynamodb", "UpdateItem", "ProvisionedThroughputExceededException", 400,
-                   "The level of configured provisioned throughput for the table was exceeded."),
-    "ddb:get": ("dynamodb", "GetItem", "ProvisionedThroughputExceededException", 400,
-                "The level of configured provisioned throughput for the table was exceeded."),
-    "ddb:batchwrite": ("dynamodb", "BatchWriteItem", "ProvisionedThroughputExceededException", 400,
-                       "The level of configured provisioned throughput for the table was exceeded."),
+    "ddb:update": ("dynamodb", "UpdateItem", *_DDB_THROTTLED),
+    "ddb:get": ("dynamodb", "GetItem", *_DDB_THROTTLED),
+    "ddb:batchwrite": ("dynamodb", "BatchWriteItem", *_DDB_THROTTLED),
 }
 _ENGINE = re.compile(r"engine:part=(?P<part>\d{1,4}):"
                      r"(?:(?P<mode>transient|slow)=(?P<value>\d{1,6})|(?P<permanent>permanent))")
-_THROTTLE = re.compile(r"(?P<target>s3:put|ddb:update|ddb:get|ddb:batchwrite):throttle=(?P<n>\d{1,4})"
+_THROTTLE = re.compile(rf"(?P<target>{'|'.join(map(re.escape, _THROTTLES))}):throttle=(?P<n>\d{{1,4}})"
                        r"(?::function=(?P<function>[A-Za-z0-9]{1,64}))?")
 _DUPLICATE = re.compile(r"map:duplicate=(?P<part>\d{1,4})")
 _RETRY = re.compile(r"connect:retry=(?P<n>\d{1,4})")
 GRAMMAR = ("engine:part=K:transient=N | engine:part=K:permanent | engine:part=K:slow=MS | "
-           "s3:put:throttle=N | ddb:update:throttle=N | ddb:get:throttle=N | ddb:batchwrite:throttle=N "
-           "(each [:function=LOGICAL_ID]) | "
+           + " | ".join(f"{target}:throttle=N" for target in _THROTTLES) + " (each [:function=LOGICAL_ID]) | "
            "map:duplicate=K | connect:retry=N")
 
 
