@@ -198,6 +198,10 @@ def speak_part(settings: Settings, part: dict) -> tuple[bytes, float]:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"part {index} of stream {stream_id} has no text")
     pinned = part.get("engine_settings") if isinstance(part.get("engine_settings"), dict) else {}
+    cache_key = part.get("cache_key")
+    if cache_key and cache_key != cache.key_for(part.get("engine") or "", pinned, part.get("voice") or "", text):
+        # Its audio would be filed under another text's key, and every later stream saying that text would play it.
+        raise InvalidInput(f"part {index} of stream {stream_id}: cache_key is not the key of its text, engine and voice")
     engine = engines.get_engine(part.get("engine") or "", engines.pinned_settings(settings, pinned))
     engine_started = time.perf_counter()
     speech = engine.synthesize(text.strip(), part.get("voice") or "")

@@ -215,6 +215,8 @@ MAP_CASES = [
     ("engine-unknown", {"engine": "../../bin/sh"}, "InvalidInput"),
     ("voice-path", {"voice": "../../etc/passwd"}, "PermanentSynthesisError"),
     ("text-nul", {"text": "a\x00b"}, "PermanentSynthesisError"),
+    # Filed under another text's key, its audio would play to every later stream saying that text.
+    ("cache-key-of-another-text", {"cache_key": "0" * 64}, "InvalidInput"),
 ]
 
 
