@@ -3,6 +3,7 @@ dashboard and alarms, so nothing on the dashboard is a metric nobody sends."""
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 from localcloud import runs
@@ -13,12 +14,18 @@ CALLER_METRICS = {"TimeToFirstPart", "PartsSynthesized", "EngineLatency", "Batch
                   "StreamsCompleted", "PartsServed"}
 
 
-def emitted_metrics(output: str) -> dict[str, set[str]]:
-    """Metric names per namespace in the EMF blobs Powertools printed (threads may share a line)."""
-    found: dict[str, set[str]] = {}
+def emf_blobs(output: str):
+    """The EMF blobs Powertools printed (threads may share a line)."""
     decoder, position = json.JSONDecoder(), 0
     while (start := output.find('{"_aws"', position)) != -1:
         blob, position = decoder.raw_decode(output, start)
+        yield blob
+
+
+def emitted_metrics(output: str) -> dict[str, set[str]]:
+    """Metric names per namespace in the EMF blobs Powertools printed."""
+    found: dict[str, set[str]] = {}
+    for blob in emf_blobs(output):
         for directive in blob["_aws"]["CloudWatchMetrics"]:
             assert ["service"] in directive["Dimensions"] and blob["service"] == "connect-tts-stream"
             found.setdefault(directive["Namespace"], set()).update(m["Name"] for m in directive["Metrics"])
@@ -50,6 +57,19 @@ def test_a_call_emits_the_metrics_a_callers_experience_maps_to(cloud, capfd):
     assert result["final"]
     emitted = emitted_metrics(capfd.readouterr().out)
     assert CALLER_METRICS <= emitted["ConnectTtsStream"]
+
+
+def test_a_stream_is_counted_as_planned_once(cloud, capfd, setting):
+    # When ConnectFunction plans an answer of several parts, none cached, and its workflow's Plan finds it planned
+    setting("CHUNK_TARGET_CHARS", 30)
+    tag = uuid.uuid4().hex[:6]
+    capfd.readouterr()
+    result = runs.run_call(cloud, f"Plan {tag} once. Count {tag} once. Then {tag} stop.", speed=50)
+    assert result["final"] and result["aws_calls"]["stepfunctions.StartExecution"] == 1
+
+    # Then StreamsPlanned says one stream, not one per function that saw its plan
+    values = [blob["StreamsPlanned"] for blob in emf_blobs(capfd.readouterr().out) if "StreamsPlanned" in blob]
+    assert sum(sum(v) if isinstance(v, list) else v for v in values) == 1
 
 
 def test_failures_emit_the_metrics_the_alarms_watch(cloud, capfd, setting):
