@@ -351,10 +351,24 @@ def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int]
     way cannot leave the stream `complete` with a hole in it. `owned`: the parts this workflow run answers for
     (default all); a missing part someone else is speaking (part 0, by ConnectFunction) is not this run's
     failure, and the stream is complete once that part is ready too. A cancelled stream stays cancelled.
+
+    The usual case, every part ready, is one conditional write that returns the item; any other case gets the
+    item back from the failed condition, so nothing is read first.
     """
-    manifest = read(ddb, table, stream_id)
-    if manifest is None:
+    try:
+        return _from_item(ddb.update_item(
+            TableName=table, Key={"stream_id": {"S": stream_id}},
+            UpdateExpression="SET #status = :complete",
+            ConditionExpression="#status = :streaming AND attribute_exists(#total) "
+                                "AND attribute_not_exists(failed_index) AND size(#ready) = #total",
+            ExpressionAttributeNames={"#status": "status", "#total": "total", "#ready": "ready"},
+            ExpressionAttributeValues={":complete": {"S": STATUS_COMPLETE}, ":streaming": {"S": STATUS_STREAMING}},
+            ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")["Attributes"])
+    except ddb.exceptions.ConditionalCheckFailedException as error:
+        item = error.response.get("Item")
+    if not item:
         raise StreamConflict(f"stream {stream_id} has no manifest to finish")
+    manifest = _from_item(item)
     if manifest.status == STATUS_CANCELLED:
         return manifest
     missing = [i for i in range(manifest.total or 0) if i not in manifest.ready and (owned is None or i in owned)]
@@ -364,17 +378,7 @@ def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int]
         mark_part_failed(ddb, table, stream_id, missing[0],
                          manifest.error or reason or f"part {missing[0]} was never synthesized")
     else:
-        if manifest.status == STATUS_COMPLETE:  # every part is ready (see _from_item): say so in the item too
-            _conditional(ddb, {
-                "TableName": table,
-                "Key": {"stream_id": {"S": stream_id}},
-                "UpdateExpression": "SET #status = :complete",
-                "ConditionExpression": "attribute_exists(#total) AND attribute_not_exists(failed_index) "
-                                       "AND #status = :streaming",
-                "ExpressionAttributeNames": {"#status": "status", "#total": "total"},
-                "ExpressionAttributeValues": {":complete": {"S": STATUS_COMPLETE},
-                                              ":streaming": {"S": STATUS_STREAMING}},
-            })
-        # Nothing failed here: the stream is as read (complete, or waiting for a part someone else speaks).
+        # Nothing failed here: the stream is as it stands (recorded complete before, or waiting for a part
+        # someone else speaks; the part that makes it complete makes it read as complete).
         return manifest
     return read(ddb, table, stream_id)

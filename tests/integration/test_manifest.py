@@ -189,6 +189,33 @@ def test_plan_refuses_an_unknown_first_part_role(ddb, stream_id):
                              now_ms=now_ms())
 
 
+def test_finishing_a_stream_whose_parts_are_all_ready_is_one_write(ddb, table, stream_id):
+    planned(ddb, table, stream_id, total=2)
+    for i in (0, 1):
+        manifest.mark_ready(ddb, table, stream_id, i, now_ms=now_ms())
+    calls = []
+
+    def count(model, **_):
+        calls.append(model.name)
+
+    ddb.meta.events.register("before-call.dynamodb", count)
+    try:
+        finished = manifest.finish(ddb, table, stream_id)
+    finally:
+        ddb.meta.events.unregister("before-call.dynamodb", count)
+    assert calls == ["UpdateItem"]
+    assert finished.status == "complete" and sorted(finished.ready) == [0, 1]
+    stored = ddb.get_item(TableName=table, Key={"stream_id": {"S": stream_id}}, ConsistentRead=True)["Item"]
+    assert stored["status"]["S"] == "complete"  # in the item itself, not only as read
+    # and a repeated Finish (the task delivered twice) finds it so, and changes nothing
+    assert manifest.finish(ddb, table, stream_id).status == "complete"
+
+
+def test_finishing_a_stream_with_no_manifest_says_so(ddb, stream_id):
+    with pytest.raises(StreamConflict, match="no manifest to finish"):
+        manifest.finish(ddb, load_settings().table_name, stream_id + "-never")
+
+
 def test_finish_judges_only_the_parts_its_run_spoke(ddb, table, stream_id):
     planned(ddb, table, stream_id, total=3)
     manifest.mark_ready(ddb, table, stream_id, 1, now_ms=now_ms())

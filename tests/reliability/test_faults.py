@@ -59,7 +59,7 @@ CASES = [
     (["engine:part=0:slow=4000"], "complete"),
     (["s3:put:throttle=2"], "complete"),
     (["ddb:update:throttle=2:function=SynthesizeFunction"], "complete"),
-    (["ddb:get:throttle=1:function=FinishFunction"], "complete"),
+    (["ddb:update:throttle=1:function=FinishFunction"], "complete"),  # its one write: retried
     (["ddb:update:throttle=1:function=ConnectFunction"], "apology"),
     (["ddb:get:throttle=1:function=ConnectFunction"], "complete"),  # a passing read failure: the flow asks again
     (["ddb:batchwrite:throttle=1"], "complete"),  # no prompt-cache entries: nothing the caller hears

@@ -93,8 +93,7 @@ def test_finish_records_the_outcome_even_when_the_cache_entries_cannot_be_writte
             "ready": {"M": {"0": {"N": "1700000000000"}, "1": {"N": "1700000000500"}}},
             "keys": {"M": {"0": {"S": cache.object_key("ab" * 32)}, "1": {"S": cache.object_key(key)}}}}
     with Stubber(ddb) as stub:
-        stub.add_response("get_item", {"Item": item})
-        stub.add_response("update_item", {})  # complete, as the ready marks say
+        stub.add_response("update_item", {"Attributes": {**item, "status": {"S": "complete"}}})  # every part ready
         # When DynamoDB keeps leaving the entry unprocessed
         for _ in range(5):
             stub.add_response("batch_write_item", {"UnprocessedItems": {TABLE: [put(key, 1700000000500)]}},
