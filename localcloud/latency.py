@@ -3,7 +3,7 @@
 moto answers in a few milliseconds and eSpeak speaks a sentence in ~10 ms, so a local run says nothing about the
 time a caller waits. `install(LatencyModel())` makes each request of our functions (and of the Step Functions
 engine) take the modeled time of its service operation, Lambda invokes cost a warm or a cold start, and every
-engine call costs a first byte plus a per-character time, all without touching our code.
+engine call costs a first byte plus a time per character of speech, all without touching our code.
 
 A figure is what the service takes, its network included: moto's own time for a request (and eSpeak's for a
 part) stands in for the service's work, so it is counted inside the figure, not added to it. A request waits
@@ -33,7 +33,7 @@ Figures (milliseconds, one request from a Lambda function to a service in the sa
 | lambda Invoke, warm | 15 | commonly measured synchronous Invoke overhead in region (10-20 ms): an assumption |
 | lambda cold start | 150 + init | "Python 3.13 (zip, minimal deps) ~150 ms p50" (lambda_local_runner docs, "Cold Starts"), plus the function's own init: the measured import time of its handler module (`init_ms`, the bench measures it) |
 | engine first byte | 150 | Amazon Polly: 65 ms mean (std 13 ms) request-to-first-audio for the standard voice Joanna (Picovoice tts-latency-benchmark, results_tts_amazon_polly.json, tts_process_seconds); neural voices answer later (play.ht, "Amazon text to speech latency": 100 ms to 1 s in real-world tests) |
-| engine per character | 1.5 | Polly neural, whole response (we need every byte before encoding): an assumption (~450 ms for a 200-character part); calibrate with one timed `aws polly synthesize-speech --engine neural` |
+| engine per character of speech | 1.5 | Polly neural, whole response (we need every byte before encoding): an assumption (~450 ms for a 200-character English part); calibrate with one timed `aws polly synthesize-speech --engine neural`. A Hangul syllable counts as `chunking.HANGUL_SPEECH_WEIGHT` (3) characters, as in the chunker: an engine's work is the speech it makes, and a syllable is ~2.9x as long to say as a Latin letter (eSpeak NG here makes 0.9-1.1 ms of work per second of audio in either language, and 2.8x the audio per character of Korean text, spaces and punctuation included) |
 | anything else | 10 | an assumption |
 
 A cold start is modeled per execution environment: a function's first invocation, and every invocation that finds
@@ -54,7 +54,7 @@ from urllib.parse import unquote
 
 from localcloud import hooks
 from localcloud.cloud import engine_clients
-from tts_stream import engines
+from tts_stream import chunking, engines
 
 SOURCES = {
     "s3_put_ms": "AWS S3 performance whitepaper (Timeouts and retries): small requests, median tens of ms",
@@ -68,7 +68,8 @@ SOURCES = {
     "lambda_invoke_ms": "assumption: commonly measured synchronous Invoke overhead, 10-20 ms",
     "lambda_cold_ms": "lambda_local_runner docs 'Cold Starts': Python 3.13 zip minimal deps ~150 ms p50 (+ init)",
     "engine_first_byte_ms": "Picovoice tts-latency-benchmark: Polly 65 ms mean TTFB (standard); neural slower",
-    "engine_per_char_ms": "assumption for Polly neural whole responses (~450 ms for 200 characters)",
+    "engine_per_char_ms": "assumption for Polly neural whole responses (~450 ms for 200 characters of English); "
+                          "a Hangul syllable counts 3, as long to say as 3 Latin letters",
     "other_ms": "assumption",
 }
 
@@ -114,8 +115,9 @@ class LatencyModel:
         }.get((service, operation), self.other_ms)
 
     def engine_ms(self, text: str) -> float:
-        """What the engine adds for one part: first byte plus a time per character."""
-        return self.engine_first_byte_ms + self.engine_per_char_ms * len(text)
+        """What the engine adds for one part: first byte plus a time per character of speech (an engine's work
+        is the audio it makes, and a Hangul syllable says as much as HANGUL_SPEECH_WEIGHT Latin letters)."""
+        return self.engine_first_byte_ms + self.engine_per_char_ms * chunking.speech_length(text)
 
     def figures(self) -> dict[str, float]:
         return dataclasses.asdict(self)

@@ -483,11 +483,19 @@ def _shape(text: str, boundaries: _Boundaries, first_max: int, target: int, max_
     return chunks
 
 
+def _speech_weight(char: str) -> int:
+    return HANGUL_SPEECH_WEIGHT if "가" <= char <= "힣" else 1
+
+
+def speech_length(text: str) -> int:
+    """How long `text` takes to say, in Latin letters: characters, a Hangul syllable counted HANGUL_SPEECH_WEIGHT
+    times."""
+    return sum(map(_speech_weight, text))
+
+
 def _speech_lengths(text: str) -> list[int]:
-    """spoken[i] is the length of speech in text[:i]: characters, a Hangul syllable counted HANGUL_SPEECH_WEIGHT
-    times; text[a:b] is spoken[b] - spoken[a] long."""
-    return list(itertools.accumulate((HANGUL_SPEECH_WEIGHT if "가" <= char <= "힣" else 1 for char in text),
-                                     initial=0))
+    """spoken[i] is the speech_length of text[:i]; text[a:b] is spoken[b] - spoken[a] long."""
+    return list(itertools.accumulate(map(_speech_weight, text), initial=0))
 
 
 def _best_cut(text: str, start: int, limit_end: int, shortest: int, boundaries: _Boundaries) -> int:

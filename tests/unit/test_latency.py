@@ -18,7 +18,7 @@ from botocore.stub import Stubber
 
 from localcloud import latency
 from localcloud.latency import LatencyModel
-from tts_stream import engines
+from tts_stream import chunking, engines
 from tts_stream.engines import Speech
 
 CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
@@ -201,6 +201,13 @@ def test_the_engine_takes_its_first_byte_plus_a_time_per_character(monkeypatch):
     assert fake.texts == ["0123456789"]
     assert installed.engine_calls == 1
     assert engines.get_engine("fake") is fake
+
+
+def test_a_hangul_syllable_costs_the_engine_as_much_as_the_letters_it_takes_as_long_to_say():
+    model = LatencyModel(engine_first_byte_ms=100, engine_per_char_ms=2)
+    # 4 syllables (3 letters' worth of speech each) and a space and a full stop
+    assert model.engine_ms("안녕하세 .") == 100 + 2 * (4 * chunking.HANGUL_SPEECH_WEIGHT + 2)
+    assert model.engine_ms("Hi there.") == 100 + 2 * 9
 
 
 @pytest.mark.parametrize("own_ms, expected", [(30, [90.0]), (150, [])], ids=["faster", "slower"])
