@@ -285,16 +285,19 @@ def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int, key:
     """One ready mark per part, with the S3 key it plays from: a repeated delivery keeps the first mark.
 
     False when the stream was cancelled (or no longer exists): the part must not play, and the workflow
-    should stop synthesizing the rest.
+    should stop synthesizing the rest. False too for an index past the stream's parts: the number of ready
+    marks is how Finish and cancel tell that every part is ready, so no mark may stand for a part there is not.
     """
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #ready.#i = if_not_exists(#ready.#i, :now), #keys.#i = if_not_exists(#keys.#i, :key)",
-        "ConditionExpression": "attribute_exists(stream_id) AND #status <> :cancelled",
-        "ExpressionAttributeNames": {"#ready": "ready", "#keys": "keys", "#i": str(index), "#status": "status"},
+        "ConditionExpression": "attribute_exists(stream_id) AND #status <> :cancelled "
+                               "AND (attribute_not_exists(#total) OR #total > :index)",
+        "ExpressionAttributeNames": {"#ready": "ready", "#keys": "keys", "#i": str(index), "#status": "status",
+                                     "#total": "total"},
         "ExpressionAttributeValues": {":now": {"N": str(now_ms)}, ":key": {"S": key or part_key(stream_id, index)},
-                                      ":cancelled": {"S": STATUS_CANCELLED}},
+                                      ":cancelled": {"S": STATUS_CANCELLED}, ":index": {"N": str(index)}},
     })
 
 
@@ -359,8 +362,8 @@ def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int]
         return _from_item(ddb.update_item(
             TableName=table, Key={"stream_id": {"S": stream_id}},
             UpdateExpression="SET #status = :complete",
-            ConditionExpression="#status = :streaming AND attribute_exists(#total) "
-                                "AND attribute_not_exists(failed_index) AND size(#ready) = #total",
+            ConditionExpression="#status = :streaming AND attribute_not_exists(failed_index) "
+                                "AND size(#ready) = #total",  # every mark is a part (mark_ready)
             ExpressionAttributeNames={"#status": "status", "#total": "total", "#ready": "ready"},
             ExpressionAttributeValues={":complete": {"S": STATUS_COMPLETE}, ":streaming": {"S": STATUS_STREAMING}},
             ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")["Attributes"])

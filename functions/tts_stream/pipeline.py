@@ -238,7 +238,7 @@ def store_part(ddb, s3, settings: Settings, part: dict, wav: bytes, *, now_ms, i
         if pending is not None:
             pending()  # waits for the index write
     if not marked:
-        raise StreamCancelled(f"stream {stream_id} was cancelled; part {index} will not play")
+        raise StreamCancelled(f"stream {stream_id} was cancelled (or has no part {index}); part {index} will not play")
     return key
 
 

@@ -211,6 +211,19 @@ def test_finishing_a_stream_whose_parts_are_all_ready_is_one_write(ddb, table, s
     assert manifest.finish(ddb, table, stream_id).status == "complete"
 
 
+def test_a_ready_mark_past_the_last_part_is_refused_and_cannot_stand_for_a_missing_part(ddb, table, stream_id):
+    # Given a stream of three parts, two of them ready
+    planned(ddb, table, stream_id, total=3)
+    for i in (0, 1):
+        assert manifest.mark_ready(ddb, table, stream_id, i, now_ms=now_ms())
+    # When a part it does not have is marked ready (a stray Map item)
+    assert not manifest.mark_ready(ddb, table, stream_id, 7, now_ms=now_ms())
+    # Then it holds no such mark, and Finish fails the stream at the missing part instead of calling it complete
+    assert sorted(manifest.read(ddb, table, stream_id).ready) == [0, 1]
+    finished = manifest.finish(ddb, table, stream_id)
+    assert finished.status == "failed" and finished.failed_index == 2
+
+
 def test_finishing_a_stream_with_no_manifest_says_so(ddb, stream_id):
     with pytest.raises(StreamConflict, match="no manifest to finish"):
         manifest.finish(ddb, load_settings().table_name, stream_id + "-never")
