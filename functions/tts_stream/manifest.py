@@ -375,13 +375,11 @@ def finish(ddb, table: str, stream_id: str, *, reason: str = "", owned: set[int]
     if manifest.status == STATUS_CANCELLED:
         return manifest
     missing = [i for i in range(manifest.total or 0) if i not in manifest.ready and (owned is None or i in owned)]
-    if manifest.total is None:
-        fail_stream(ddb, table, stream_id, manifest.error or reason or "part 0 was never synthesized")
-    elif missing:  # the stream fails at its first such part (or stays failed at an earlier one)
-        mark_part_failed(ddb, table, stream_id, missing[0],
-                         manifest.error or reason or f"part {missing[0]} was never synthesized")
-    else:
+    # Never planned: it fails at part 0. Else at its first missing part (or stays failed at an earlier one).
+    first = 0 if manifest.total is None else next(iter(missing), None)
+    if first is None:
         # Nothing failed here: the stream is as it stands (recorded complete before, or waiting for a part
         # someone else speaks; the part that makes it complete makes it read as complete).
         return manifest
+    mark_part_failed(ddb, table, stream_id, first, manifest.error or reason or f"part {first} was never synthesized")
     return read(ddb, table, stream_id)
