@@ -91,6 +91,8 @@ def _patch_moto_lambda():
             return json.dumps({"errorType": "ResourceNotFoundException",
                                "errorMessage": f"no local handler for {name}"}).encode()
         event = json.loads(body) if body else {}
+        for hook in function_start_hooks:
+            hook(headers=headers)
         try:
             result = function.call(event)
         except Exception as error:  # the Lambda runtime reports every exception the same way
@@ -101,6 +103,9 @@ def _patch_moto_lambda():
     LambdaSimpleBackend.invoke = invoke
     _patched = True
 
+
+# Called with the Invoke request's headers just before a handler runs (the latency model waits there).
+function_start_hooks: list = []
 
 # Which function's handler is running, if any: a context variable, so that the threads a handler starts with the
 # context it runs in (streams._Background does) are counted as that function too, as in Lambda.

@@ -9,7 +9,8 @@ A figure is what the service takes, its network included: moto's own time for a 
 part) stands in for the service's work, so it is counted inside the figure, not added to it. A request waits
 after its answer for what is left of its modeled time; only where this machine is slower than the model does its
 own cost show. Our code's time (building requests, encoding audio, everything in a handler) is never absorbed.
-A Lambda invoke is the exception: the function runs inside the request, so its modeled time is added before it.
+A Lambda invoke's time runs from the moment it is sent until its function starts (the function runs inside the
+request): moto's own transit counts inside it there, and the handler's time is added after it.
 
 - botocore hooks on boto3's default session, where the handlers and moto's Step Functions engine make their
   clients (a Lambda Invoke made by the workflow also pays one state transition);
@@ -52,6 +53,7 @@ from typing import Callable, Iterator
 from urllib.parse import unquote
 
 
+from localcloud import cloud as local_cloud
 from localcloud import hooks
 from localcloud.cloud import engine_clients
 from tts_stream import chunking, engines
@@ -183,17 +185,25 @@ class Latency:
             if by_workflow:
                 # Our functions invoke no Lambda: on the default session an Invoke is a workflow Task state.
                 delay += self.model.sfn_transition_ms
-            self._wait(what, delay)  # before the function runs: it runs inside this request
-            return
         self._count(what)
         if context is not None and delay > 0:
             context["localcloud_latency"] = (what, delay)  # the rest of it after the answer (on_answer)
 
     def on_sent(self, request=None, **_):
-        """botocore before-send: the request leaves now; what moto takes from here counts inside its figure."""
+        """botocore before-send: the request leaves now; what moto takes from here counts inside its figure.
+        An Invoke carries the moment its function may start (on_function_start waits for it there)."""
         context = getattr(request, "context", None)
         if isinstance(context, dict) and "localcloud_latency" in context:
-            context["localcloud_latency_sent"] = self._clock()
+            sent = context["localcloud_latency_sent"] = self._clock()
+            what, delay = context["localcloud_latency"]
+            if what == "lambda.Invoke":
+                request.headers[START_AT_HEADER] = repr(sent + delay / 1000)
+
+    def on_function_start(self, headers=None, **_):
+        """A handler is about to run inside an Invoke: wait until the invoke's modeled time since it was sent."""
+        start_at = (headers or {}).get(START_AT_HEADER)
+        if start_at is not None:
+            self._sleep_ms("lambda.Invoke", (float(start_at) - self._clock()) * 1000)
 
     def on_answer(self, context=None, **_):
         """botocore after-call / after-call-error: wait for what is left of the request's modeled time (all of it
@@ -251,10 +261,6 @@ class Latency:
         with self._lock:
             self.requests[what] += 1
 
-    def _wait(self, what: str, delay_ms: float):
-        self._count(what)
-        self._sleep_ms(what, delay_ms)
-
     def _pad(self, what: str, delay_ms: float, started: float | None):
         """Sleep what is left of `delay_ms` since `started` (the clock's seconds; None: nothing has passed)."""
         spent_ms = 0.0 if started is None else (self._clock() - started) * 1000
@@ -295,6 +301,7 @@ class _ModeledEngine:
 
 
 _installed: Latency | None = None
+START_AT_HEADER = "x-localcloud-start-at"  # an Invoke's modeled start, on this process's clock
 _HOOKS = (  # event, hook, unique id: registering twice with one id is a no-op
     # As specific as botocore.stub.Stubber's hook, so that a stubbed client (tests) still waits the modeled time.
     ("before-call.*.*", _Dispatch("on_request"), "localcloud-latency-request"),
@@ -310,6 +317,9 @@ _CONNECT_HOOKS = (
     ("before-send.s3.GetObject", _Dispatch("on_sent"), "localcloud-latency-connect-prompt-sent"),
     ("after-call.s3.GetObject", _Dispatch("on_answer"), "localcloud-latency-connect-prompt-answer"),
     ("after-call-error.s3.GetObject", _Dispatch("on_answer"), "localcloud-latency-connect-prompt-error"),
+    ("before-send.lambda.Invoke", _Dispatch("on_sent"), "localcloud-latency-connect-invoke-sent"),
+    ("after-call.lambda.Invoke", _Dispatch("on_answer"), "localcloud-latency-connect-invoke-answer"),
+    ("after-call-error.lambda.Invoke", _Dispatch("on_answer"), "localcloud-latency-connect-invoke-error"),
     ("after-call.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-done"),
     ("after-call-error.lambda.Invoke", _Dispatch("on_done"), "localcloud-latency-connect-error"),
 )
@@ -344,6 +354,8 @@ def install(model: LatencyModel, *, cloud=None, sleep: Callable[[float], None] =
             _register(client.meta.events, _CONNECT_HOOKS)
         for client in [*hooks.handler_clients(cloud), *engine_clients()]:
             _register(client.meta.events, _HOOKS)
+    if not any(isinstance(hook, _Dispatch) for hook in local_cloud.function_start_hooks):
+        local_cloud.function_start_hooks.append(_Dispatch("on_function_start"))
     latency = Latency(model, sleep=sleep, clock=clock, init_ms=init_ms)
     real_get_engine = engines.get_engine
     engines.get_engine = lambda *args, **kwargs: _ModeledEngine(real_get_engine(*args, **kwargs), latency)

@@ -16,6 +16,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+from localcloud import cloud as local_cloud_module
 from localcloud import latency
 from localcloud.latency import LatencyModel
 from tts_stream import chunking, engines
@@ -122,6 +123,42 @@ def lambda_invoke_model():
     return client("lambda").meta.service_model.operation_model("Invoke")
 
 
+def answered(installed, context):
+    """What botocore's after-call runs for an Invoke (never sent here: it waits its whole modeled time)."""
+    installed.on_answer(context=context)
+    installed.on_done(context=context)
+
+
+@pytest.mark.parametrize("transit_ms, expected", [(4, [36.0]), (50, [])], ids=["faster", "slower"])
+def test_an_invoke_starts_its_function_once_its_modeled_time_has_passed_since_it_was_sent(transit_ms, expected):
+    # Given the workflow's Invoke of a warm function (modeled: invoke + state transition, 40 ms) on a fake clock,
+    # and a local cloud that takes `transit_ms` to get it to the function, which then runs for 50 ms
+    clock, slept = Clock(), Recorder()
+    slept_clock = lambda seconds: (slept(seconds), clock.advance_ms(seconds * 1000))  # noqa: E731
+    started = []
+    with latency.install(LatencyModel(), sleep=slept_clock, clock=clock) as installed:
+        installed._environments[FUNCTION] = 1
+        aws = client("lambda")
+
+        def local_cloud(request, **_):
+            clock.advance_ms(transit_ms)
+            for hook in local_cloud_module.function_start_hooks:  # what moto's invoke does before the handler
+                hook(headers=request.headers)
+            started.append(clock())
+            clock.advance_ms(50)
+            return AWSResponse(request.url, 200, {}, RawBody(b"{}"))
+
+        aws.meta.events.register("before-send.lambda.Invoke", local_cloud)
+        # When it is made
+        sent_at = clock()
+        aws.invoke(FunctionName=FUNCTION_ARN)
+    # Then the function started 40 ms after the Invoke was sent: the local cloud's transit counts inside them and
+    # adds nothing unless it is slower; nothing more was waited once the function had run
+    assert slept.ms() == expected
+    assert round((started[0] - sent_at) * 1000, 3) == max(40, transit_ms)
+    assert installed.requests == {"lambda.Invoke": 1}
+
+
 def test_an_invocation_that_finds_every_environment_busy_starts_cold():
     # Given a function already running in its only environment
     model, slept = LatencyModel(), Recorder()
@@ -132,11 +169,11 @@ def test_an_invocation_that_finds_every_environment_busy_starts_cold():
         installed.on_request(model=operation, params=request, context=first)
         # When a second invocation arrives while the first runs (a Map fanning out)
         installed.on_request(model=operation, params=request, context=second)
-        installed.on_done(context=first)
-        installed.on_done(context=second)
+        answered(installed, first)
+        answered(installed, second)
         # and a third once both have finished
         installed.on_request(model=operation, params=request, context=third)
-        installed.on_done(context=third)
+        answered(installed, third)
     # Then the second starts a new environment (cold), and the third finds a warm one
     assert installed.cold_starts == {FUNCTION: 2}
     cold = model.lambda_invoke_ms + model.sfn_transition_ms + model.lambda_cold_ms
@@ -152,7 +189,7 @@ def test_connect_invoking_a_function_pays_no_state_transition():
         for _ in range(2):
             context = {}
             installed.on_connect_request(model=lambda_invoke_model(), params=request, context=context)
-            installed.on_done(context=context)
+            answered(installed, context)
     # Then it is a plain invoke, cold the first time
     assert slept.ms() == [model.lambda_invoke_ms + model.lambda_cold_ms, model.lambda_invoke_ms]
 
