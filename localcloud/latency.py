@@ -6,7 +6,8 @@ engine) take the modeled time of its service operation, Lambda invokes cost a wa
 engine call costs a first byte plus a time per character of speech, all without touching our code.
 
 A figure is what the service takes, its network included: moto's own time for a request (and eSpeak's for a
-part) stands in for the service's work, so it is counted inside the figure, not added to it. A request waits
+part, inside the per-character time, after the first byte) stands in for the service's work, so it is counted
+inside the figure, not added to it. A request waits
 after its answer for what is left of its modeled time; only where this machine is slower than the model does its
 own cost show. Our code's time (building requests, encoding audio, everything in a handler) is never absorbed.
 A Lambda invoke's time runs from the moment it is sent until its function starts (the function runs inside the
@@ -222,18 +223,25 @@ class Latency:
                 self._busy[name] -= 1
 
     def speak(self, text: str, synthesize: Callable[[], object]):
-        """One engine call, taking at least its modeled time: the engine's own time counts inside it."""
+        """One engine call, taking at least its modeled time. The first byte is waited first (the request's trip
+        and the service starting on it); then the local engine works, standing in for the service's work, so its
+        own time counts inside the per-character time that is waited after it.
+
+        On AWS the engine's work takes none of our CPU (Polly's servers, or each part's own Lambda environment).
+        Here every part shares two cores: working during the first byte would put the engine's CPU of a Map's
+        parts, all started together, onto the very moment part 0 is being stored."""
         with self._lock:
             self.engine_calls += 1
             self.engine_chars += len(text)
         if not self.active:
             return synthesize()
         self._count("engine.synthesize")
+        self._sleep_ms("engine.synthesize", self.model.engine_first_byte_ms)
         started = self._clock()
         try:
             return synthesize()
         finally:  # a failing call takes its time too
-            self._pad("engine.synthesize", self.model.engine_ms(text), started)
+            self._pad("engine.synthesize", self.model.engine_ms(text) - self.model.engine_first_byte_ms, started)
 
     # -- state -----------------------------------------------------------------------------------------------
     def make_cold(self):

@@ -233,8 +233,9 @@ def test_the_engine_takes_its_first_byte_plus_a_time_per_character(monkeypatch):
         # When it speaks a 10-character part
         engine = engines.get_engine("fake")
         engine.synthesize("0123456789", "v")
-    # Then it took 100 + 10 x 2 ms, spoke the text itself, and the call was counted; the engine is restored after
-    assert slept.ms() == [120.0]
+    # Then it took 100 + 10 x 2 ms (the first byte, then the rest), spoke the text itself, and the call was
+    # counted; the engine is restored after
+    assert slept.ms() == [100.0, 20.0]
     assert fake.texts == ["0123456789"]
     assert installed.engine_calls == 1
     assert engines.get_engine("fake") is fake
@@ -247,13 +248,15 @@ def test_a_hangul_syllable_costs_the_engine_as_much_as_the_letters_it_takes_as_l
     assert model.engine_ms("Hi there.") == 100 + 2 * 9
 
 
-@pytest.mark.parametrize("own_ms, expected", [(30, [90.0]), (150, [])], ids=["faster", "slower"])
-def test_the_engines_own_time_counts_inside_its_modeled_time(monkeypatch, own_ms, expected):
+@pytest.mark.parametrize("own_ms, expected", [(5, [100.0, 15.0]), (30, [100.0])], ids=["faster", "slower"])
+def test_the_engine_works_after_the_first_byte_and_its_own_time_counts_inside_the_rest(monkeypatch, own_ms,
+                                                                                        expected):
     # Given an engine that itself takes `own_ms` (eSpeak stands in for the service, whose time the model is)
     clock, fake = Clock(), FakeEngine()
-    speak = fake.synthesize
+    speak, slept_before = fake.synthesize, []
 
     def synthesize(text, voice):
+        slept_before.append(slept.ms())
         clock.advance_ms(own_ms)
         return speak(text, voice)
 
@@ -261,9 +264,11 @@ def test_the_engines_own_time_counts_inside_its_modeled_time(monkeypatch, own_ms
     monkeypatch.setattr(engines, "get_engine", lambda name, settings=None: fake)
     model, slept = LatencyModel(engine_first_byte_ms=100, engine_per_char_ms=2), Recorder()
     with latency.install(model, sleep=slept, clock=clock):
-        # When it speaks a 10-character part (modeled: 120 ms)
+        # When it speaks a 10-character part (modeled: 100 ms first byte, then 20 ms)
         engines.get_engine("fake").synthesize("0123456789", "v")
-    # Then only what is left of the modeled time is slept: nothing when the engine is slower than the model
+    # Then the engine worked once the first byte was waited, and only what is left of the 20 ms after it was
+    # slept: nothing when the engine is slower than that
+    assert slept_before == [[100.0]]
     assert slept.ms() == expected
 
 
