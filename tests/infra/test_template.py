@@ -130,6 +130,28 @@ def test_function_policies_name_actions_and_resources_without_wildcards(override
                 assert all(r != "*" and not r.endswith(":*") for r in resources), logical_id
 
 
+PROFILE = "us.anthropic.claude-3-5-haiku-20241022-v1:0"
+
+
+@pytest.mark.parametrize("model_id", [EVERY_OPTION["BedrockModelId"], PROFILE], ids=["model", "inference-profile"])
+def test_the_chat_function_may_invoke_its_bedrock_model_or_profile_and_other_regions_only_through_it(model_id):
+    # Given ChatBackend=bedrock with a foundation model id or a cross-Region inference profile id
+    loaded = cfn.load(ROOT / "template.yaml", {**EVERY_OPTION, "BedrockModelId": model_id})
+    for logical_id in loaded.body["Resources"]:
+        loaded.physical[logical_id] = {"Ref": logical_id, "Arn": f"arn:aws:x:us-east-1:123456789012:{logical_id}"}
+    policies = loaded.resolve(loaded.body["Resources"]["ChatFunction"]["Properties"]["Policies"])
+    bedrock = [s for p in policies for s in p["Statement"] if s["Action"] == "bedrock:InvokeModel"]
+    # Then the function may invoke that id as a model or as a profile in its own Region
+    direct, routed = (s for s in bedrock if "Condition" not in s), (s for s in bedrock if "Condition" in s)
+    profile_arn = f"arn:aws:bedrock:{cfn.REGION}:{cfn.ACCOUNT_ID}:inference-profile/{model_id}"
+    assert next(direct)["Resource"] == [f"arn:aws:bedrock:{cfn.REGION}::foundation-model/{model_id}", profile_arn]
+    # and the models the profile routes to, in any Region, only through that profile
+    assert next(routed) == {"Effect": "Allow", "Action": "bedrock:InvokeModel",
+                            "Resource": "arn:aws:bedrock:*::foundation-model/*",
+                            "Condition": {"StringEquals": {"bedrock:InferenceProfileArn": profile_arn}}}
+    assert len(bedrock) == 2
+
+
 def test_the_workflow_does_not_log_the_callers_words_by_default(template):
     logging = template.resolve(template.body["Resources"]["SynthesisStateMachine"]["Properties"]["Logging"])
     assert logging["IncludeExecutionData"] is False
