@@ -32,7 +32,7 @@ def _now_ms() -> int:
 def plan(event, context):
     result = pipeline.plan_stream(_client("dynamodb"), config.load(), event, now_ms=_now_ms())
     logger.append_keys(stream_id=result["stream_id"])
-    if not result["first_part"]:  # otherwise ConnectFunction planned it, and counted it
+    if result["planned_here"]:  # not when ConnectFunction planned it, or a delivery before this one did
         metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
     if result["first_part_cached"]:
         metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, 0)  # ready with the plan itself

@@ -230,8 +230,9 @@ MAX_CACHED_MARKS = 100
 
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
          language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
-         cached: dict[int, str] | None = None) -> Manifest:
-    """Record the parts and pin engine and voice; return the manifest as it now stands.
+         cached: dict[int, str] | None = None) -> tuple[Manifest, bool]:
+    """Record the parts and pin engine and voice; return the manifest as it now stands, and whether this call's
+    write planned it (so a stream is counted planned once, however often its plan is delivered).
 
     One UpdateItem on the stream that ConnectFunction began. Parts found in the prompt cache (`cached`: index
     -> S3 key) are made ready in that same write; ready marks made before it (part 0, spoken by ConnectFunction
@@ -265,7 +266,7 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
         "ReturnValues": "ALL_NEW",
     }
     try:
-        return _from_item(ddb.update_item(**request)["Attributes"])
+        return _from_item(ddb.update_item(**request)["Attributes"]), True
     except ddb.exceptions.ConditionalCheckFailedException:
         pass
     existing = read(ddb, table, stream_id, with_texts=True)
@@ -278,7 +279,7 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
             begin(ddb, table, stream_id, input_hash, now_ms=now_ms, ttl_hours=ttl_hours)
         return plan(ddb, table, stream_id, input_hash, texts=texts, engine=engine, voice=voice, language=language,
                     now_ms=now_ms, ttl_hours=ttl_hours, engine_settings=engine_settings, cached=cached)
-    return existing  # planned before (or failed, or cancelled): nothing to change
+    return existing, False  # planned before (or failed, or cancelled): nothing to change
 
 
 def mark_ready(ddb, table: str, stream_id: str, index: int, *, now_ms: int, key: str = "") -> bool:

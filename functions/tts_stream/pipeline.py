@@ -142,14 +142,16 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         # ConnectFunction, which speaks part 0 (or hands it to this run), planned the stream already: one read
         # instead of a cache lookup and a write that would find it planned.
         planned = manifest.read_planned(ddb, settings.table_name, stream_id, content_hash) if first else None
+        planned_here = False
         if planned is None:
-            planned = manifest.plan(
+            planned, planned_here = manifest.plan(
                 ddb, settings.table_name, stream_id, content_hash,
                 texts=split.texts, engine=split.engine, voice=split.voice, language=split.language,
                 now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.engine_settings,
                 cached=cached_parts(ddb, settings, split, now_ms=now_ms),
             )
-    return plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms)
+    return {**plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms),
+            "planned_here": planned_here}
 
 
 # Who speaks part 0 (the workflow input's `first_part`): "" this run, like every part; "inline" ConnectFunction,

@@ -168,7 +168,7 @@ def _whole(settings, stream_id: str, content_hash: str, text: str):
     language, voice = pipeline.choose_voice(spoken, "", "auto", settings, engine)
     planned = manifest.plan(ddb, settings.table_name, stream_id, content_hash, texts=[spoken],
                             engine=settings.tts_engine, voice=voice, language=language, now_ms=_now_ms(),
-                            ttl_hours=settings.manifest_ttl_hours, engine_settings=engine.identity())
+                            ttl_hours=settings.manifest_ttl_hours, engine_settings=engine.identity())[0]
     part = {"stream_id": stream_id, "index": 0, "text": spoken, "engine": planned.engine, "voice": planned.voice,
             "language": planned.language, "engine_settings": planned.engine_settings, "cache_key": ""}
     pipeline.synthesize_part(ddb, s3, settings, part, now_ms=_now_ms)

@@ -28,7 +28,7 @@ def table(cloud):
 
 def planned(ddb, table, stream_id, total=5, input_hash="a" * 64):
     return manifest.plan(ddb, table, stream_id, input_hash, texts=[f"Part {i}. " for i in range(total)],
-                         engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)
+                         engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)[0]
 
 
 def test_the_lowest_failed_index_is_kept_whatever_order_failures_arrive_in(ddb, table, stream_id):

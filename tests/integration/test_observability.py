@@ -72,6 +72,21 @@ def test_a_stream_is_counted_as_planned_once(cloud, capfd, setting):
     assert sum(sum(v) if isinstance(v, list) else v for v in values) == 1
 
 
+def test_a_plan_delivered_twice_counts_its_stream_once(cloud, capfd):
+    # Given a workflow started directly (no ConnectFunction planned its stream), whose Plan is delivered twice
+    # (a Retry after a write that succeeded, or a duplicate start)
+    event = {"stream_id": f"plan-twice-{uuid.uuid4().hex[:8]}", "text": "Plan this once. Then say it all."}
+    capfd.readouterr()
+    first, second = cloud.invoke("PlanFunction", event), cloud.invoke("PlanFunction", event)
+
+    # Then the first delivery planned it, the second found the same plan, and the stream was counted once
+    assert (first["planned_here"], second["planned_here"]) == (True, False)
+    parts = [[(part["index"], part["text"], part["voice"]) for part in run["parts"]] for run in (first, second)]
+    assert parts[0] == parts[1] and parts[0]
+    values = [blob["StreamsPlanned"] for blob in emf_blobs(capfd.readouterr().out) if "StreamsPlanned" in blob]
+    assert sum(sum(v) if isinstance(v, list) else v for v in values) == 1
+
+
 def test_failures_emit_the_metrics_the_alarms_watch(cloud, capfd, setting):
     from localcloud import chatbot, faults
 
