@@ -232,7 +232,8 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
          language: str, now_ms: int, ttl_hours: int, engine_settings: dict[str, str] | None = None,
          cached: dict[int, str] | None = None) -> tuple[Manifest, bool]:
     """Record the parts and pin engine and voice; return the manifest as it now stands, and whether this call's
-    write planned it (so a stream is counted planned once, however often its plan is delivered).
+    write planned it (so a stream is counted planned once, however often its plan is delivered; a write whose
+    answer was lost, then retried, counts none).
 
     One UpdateItem on the stream that ConnectFunction began. Parts found in the prompt cache (`cached`: index
     -> S3 key) are made ready in that same write; ready marks made before it (part 0, spoken by ConnectFunction

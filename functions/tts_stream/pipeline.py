@@ -116,8 +116,9 @@ def part_item(stream_id: str, index: int, text: str, planned: "manifest.Manifest
 
 
 def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, *, first: str, cache_on: bool,
-                now_ms: int) -> dict:
-    """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*)."""
+                planned_here: bool, now_ms: int) -> dict:
+    """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*); and for the metrics,
+    whether this run's write planned the stream."""
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
     owned = owned_parts(first, planned.total)
@@ -125,8 +126,10 @@ def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, 
              for i, t in enumerate(todo) if i not in planned.ready and (owned is None or i in owned)]
     return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
             "max_concurrency": settings.map_max_concurrency,
-            # Only a run that owns part 0 reports it: ConnectFunction measures the part 0 it speaks itself.
-            "first_part_cached": not first and 0 in planned.keys}
+            "planned_here": planned_here,
+            # Only the run whose plan found part 0 cached reports it: ConnectFunction measures the part 0 it speaks
+            # itself, and a later delivery may find part 0 spoken by the run before.
+            "first_part_cached": planned_here and not first and 0 in planned.keys}
 
 
 def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
@@ -150,8 +153,8 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
                 now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours, engine_settings=split.engine_settings,
                 cached=cached_parts(ddb, settings, split, now_ms=now_ms),
             )
-    return {**plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys), now_ms=now_ms),
-            "planned_here": planned_here}
+    return plan_output(stream_id, planned, settings, first=first, cache_on=bool(split.keys),
+                       planned_here=planned_here, now_ms=now_ms)
 
 
 # Who speaks part 0 (the workflow input's `first_part`): "" this run, like every part; "inline" ConnectFunction,
