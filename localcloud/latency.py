@@ -6,8 +6,8 @@ engine) take the modeled time of its service operation, Lambda invokes cost a wa
 engine call costs a first byte plus a time per character of speech, all without touching our code.
 
 A figure is what the service takes, its network included: moto's own time for a request (and eSpeak's for a
-part, inside the per-character time, after the first byte) stands in for the service's work, so it is counted
-inside the figure, not added to it. A request waits
+part, inside the per-character time after the first byte, where it fits) stands in for the service's work, so
+it is counted inside the figure, not added to it. A request waits
 after its answer for what is left of its modeled time; only where this machine is slower than the model does its
 own cost show. Our code's time (building requests, encoding audio, everything in a handler) is never absorbed.
 A Lambda invoke's time runs from the moment it is sent until its function starts (the function runs inside the
@@ -203,8 +203,11 @@ class Latency:
     def on_function_start(self, headers=None, **_):
         """A handler is about to run inside an Invoke: wait until the invoke's modeled time since it was sent."""
         start_at = (headers or {}).get(START_AT_HEADER)
-        if start_at is not None:
-            self._sleep_ms("lambda.Invoke", (float(start_at) - self._clock()) * 1000)
+        try:
+            wait_ms = 0.0 if start_at is None else (float(start_at) - self._clock()) * 1000
+        except ValueError:  # not a time of ours: nothing to wait for
+            return
+        self._sleep_ms("lambda.Invoke", wait_ms)
 
     def on_answer(self, context=None, **_):
         """botocore after-call / after-call-error: wait for what is left of the request's modeled time (all of it
@@ -225,7 +228,7 @@ class Latency:
     def speak(self, text: str, synthesize: Callable[[], object]):
         """One engine call, taking at least its modeled time. The first byte is waited first (the request's trip
         and the service starting on it); then the local engine works, standing in for the service's work, so its
-        own time counts inside the per-character time that is waited after it.
+        own time counts inside the per-character time that is waited after it (and adds to it only when longer).
 
         On AWS the engine's work takes none of our CPU (Polly's servers, or each part's own Lambda environment).
         Here every part shares two cores: working during the first byte would put the engine's CPU of a Map's
