@@ -15,6 +15,7 @@ Fault SPEC grammar (`python -m localcloud call|stream --fault SPEC`, repeatable;
 | `ddb:update:throttle=N` | the first N DynamoDB `UpdateItem` calls get `ProvisionedThroughputExceededException` |
 | `ddb:get:throttle=N` | the first N DynamoDB `GetItem` calls get `ProvisionedThroughputExceededException` |
 | `ddb:batchwrite:throttle=N` | the first N DynamoDB `BatchWriteItem` calls (prompt-cache entries) get `ProvisionedThroughputExceededException` |
+| `sfn:start:throttle=N` | the first N Step Functions `StartExecution` calls get `ThrottlingException` |
 | `map:duplicate=K` | part K's Map item is delivered twice: SynthesizeFunction runs once more for it, at the same time |
 | `connect:retry=N` | every ConnectFunction invocation runs N more times with the same event; Connect uses the last reply |
 
@@ -117,6 +118,7 @@ _THROTTLES = {
     "ddb:update": ("dynamodb", "UpdateItem", *_DDB_THROTTLED),
     "ddb:get": ("dynamodb", "GetItem", *_DDB_THROTTLED),
     "ddb:batchwrite": ("dynamodb", "BatchWriteItem", *_DDB_THROTTLED),
+    "sfn:start": ("stepfunctions", "StartExecution", "ThrottlingException", 400, "Rate exceeded"),
 }
 _ENGINE = re.compile(r"engine:part=(?P<part>\d{1,4}):"
                      r"(?:(?P<mode>transient|slow)=(?P<value>\d{1,6})|(?P<permanent>permanent))")

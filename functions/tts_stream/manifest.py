@@ -13,11 +13,13 @@ Item attributes:
     ready           map of part index -> epoch ms when it became ready (a map key is one ready mark, however
                     often a part is delivered)
     failed_index    the lowest index that failed for good; error: what went wrong
+    kept_starts     workflow inputs whose StartExecution failed, until a Connect request starts them (rare)
     created_ms, expires_at (TTL, epoch seconds)
 
 Every write is a single conditional UpdateItem, so concurrent and repeated deliveries cannot corrupt an item.
 """
 
+import json
 from dataclasses import dataclass, field, replace
 
 from tts_stream.config import part_key
@@ -57,6 +59,7 @@ class Manifest:
     error: str = ""
     created_ms: int = 0
     texts: list[str] | None = None
+    kept_starts: int = 0  # workflow starts that failed, kept for the next request that reads the stream
 
     def key_of(self, index: int) -> str:
         """The S3 key part `index` plays from: its prompt-cache object, or its own object under the stream."""
@@ -88,6 +91,7 @@ def _from_item(item) -> Manifest:
         created_ms=_number(item, "created_ms") or 0,
         start_attempt_ms=_number(item, "start_attempt_ms") or 0,
         texts=texts,
+        kept_starts=len(item.get("kept_starts", {}).get("L", [])),
     ))
 
 
@@ -109,7 +113,7 @@ def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manife
     """One strongly consistent GetItem: a part marked ready is seen by the very next read."""
     request = {"TableName": table, "Key": {"stream_id": {"S": stream_id}}, "ConsistentRead": True}
     if not with_texts:
-        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms"
+        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts"
         request["ExpressionAttributeNames"] = {k: v for k, v in _NAMES.items() if k != "#texts"}
     item = ddb.get_item(**request).get("Item")
     return _from_item(item) if item else None
@@ -333,6 +337,35 @@ def fail_stream(ddb, table: str, stream_id: str, message: str) -> bool:
     if first is None:
         return False  # every part is ready: finish() records it complete
     return mark_part_failed(ddb, table, stream_id, first, message)
+
+
+def keep_start(ddb, table: str, stream_id: str, workflow_input: dict) -> bool:
+    """Keep a workflow input whose StartExecution failed, for the next request that reads the stream to start
+    (`take_starts`). False if the stream is no longer streaming: nothing more of it will play."""
+    return _conditional(ddb, {
+        "TableName": table,
+        "Key": {"stream_id": {"S": stream_id}},
+        "UpdateExpression": "SET kept_starts = list_append(if_not_exists(kept_starts, :none), :input)",
+        "ConditionExpression": "#status = :streaming",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {
+            ":streaming": {"S": STATUS_STREAMING}, ":none": {"L": []},
+            ":input": {"L": [{"S": json.dumps(workflow_input, ensure_ascii=False, sort_keys=True)}]}},
+    })
+
+
+def take_starts(ddb, table: str, stream_id: str) -> list[dict]:
+    """The kept workflow inputs of a streaming stream, removed in the same write: exactly one caller gets them."""
+    try:
+        old = ddb.update_item(
+            TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="REMOVE kept_starts",
+            ConditionExpression="attribute_exists(kept_starts) AND #status = :streaming",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":streaming": {"S": STATUS_STREAMING}}, ReturnValues="UPDATED_OLD",
+        )["Attributes"]
+    except ddb.exceptions.ConditionalCheckFailedException:
+        return []
+    return [json.loads(kept["S"]) for kept in old["kept_starts"]["L"]]
 
 
 def cancel(ddb, table: str, stream_id: str) -> bool:

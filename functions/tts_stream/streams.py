@@ -100,11 +100,15 @@ def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_siz
     """
     deadline = min(clock.now_ms() + wait_ms, request.deadline_ms)
     interval = settings.poll_interval_ms
+    kept_started = False
     while True:
         found = manifest.read(clients.ddb, settings.table_name, stream_id)
         if found is None:
             return batches.Batch(stream_id, "not_found", (), next_index, True,
                                  f"stream {stream_id} does not exist (or has expired)"), None
+        if found.kept_starts and not kept_started:  # its workflow failed to start: start it now, once per request
+            kept_started = True
+            _start_kept(clients, settings, stream_id)
         batch = batches.next_batch(found, next_index, batch_size, now_ms=clock.now_ms(),
                                    timeout_ms=settings.stream_timeout_seconds * 1000)
         if batch.indexes or batch.final or clock.now_ms() >= deadline:
@@ -220,6 +224,24 @@ def _start_workflow(clients, settings, stream_id: str, workflow_input: dict):
                                 input=json.dumps(workflow_input, ensure_ascii=False))
 
 
+def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, start: Callable[[], object] | None = None):
+    """Start a planned stream's workflow (`start`: a start already under way, to wait for). If StartExecution
+    fails, keep its input in the manifest: the next request that reads the stream starts it (`_wait_for_batch`),
+    and the caller hears what is ready meanwhile instead of an apology. Raises only if that write fails too."""
+    try:
+        (start or (lambda: _start_workflow(clients, settings, stream_id, workflow_input)))()
+    except (ClientError, BotoCoreError):
+        logger.warning("the workflow did not start; the next request for this stream starts it", exc_info=True)
+        if not manifest.keep_start(clients.ddb, settings.table_name, stream_id, workflow_input):
+            logger.info("the stream is no longer streaming: its workflow is not needed")
+
+
+def _start_kept(clients, settings, stream_id: str):
+    """Start the workflows whose StartExecution failed before; one that fails again is kept again."""
+    for workflow_input in manifest.take_starts(clients.ddb, settings.table_name, stream_id):
+        _start_or_keep(clients, settings, stream_id, workflow_input)
+
+
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
                      restart_after_ms: int = manifest.RESTART_AFTER_MS):
     """Create the stream and start its workflow (which plans it) once, however often Connect retries the
@@ -269,9 +291,9 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
         if workflow else None
     played = cached.get(0) or speaking.ready(deadline_ms=request.deadline_ms)
     if starting:
-        starting.result()
+        _start_or_keep(clients, settings, stream_id, inline, start=starting.result)
     if played is None:  # not spoken here: a run of its own speaks part 0, with the workflow's retries
-        _start_workflow(clients, settings, stream_id, {**workflow_input, "first_part": pipeline.FIRST_PART_ONLY})
+        _start_or_keep(clients, settings, stream_id, {**workflow_input, "first_part": pipeline.FIRST_PART_ONLY})
     if played == "":  # cancelled meanwhile: say so, as the manifest does
         return _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=0, clock=clock)
     if played:  # what this request knows without reading the manifest again

@@ -31,6 +31,18 @@ def planned(ddb, table, stream_id, total=5, input_hash="a" * 64):
                          engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)[0]
 
 
+def test_kept_workflow_starts_are_taken_once_in_order_and_only_while_streaming(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    assert manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id, "first_part": "inline"})
+    assert manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id, "first_part": "only"})
+    assert manifest.read(ddb, table, stream_id).kept_starts == 2
+    taken = manifest.take_starts(ddb, table, stream_id)
+    assert [kept["first_part"] for kept in taken] == ["inline", "only"]
+    assert manifest.take_starts(ddb, table, stream_id) == [] and manifest.read(ddb, table, stream_id).kept_starts == 0
+    manifest.cancel(ddb, table, stream_id)
+    assert not manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id})
+
+
 def test_the_lowest_failed_index_is_kept_whatever_order_failures_arrive_in(ddb, table, stream_id):
     planned(ddb, table, stream_id)
     assert manifest.mark_part_failed(ddb, table, stream_id, 3, "third")

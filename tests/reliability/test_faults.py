@@ -64,6 +64,7 @@ CASES = [
     (["ddb:get:throttle=1:function=ConnectFunction"], "complete"),  # a passing read failure: the flow asks again
     (["ddb:batchwrite:throttle=1"], "complete"),  # no prompt-cache entries: nothing the caller hears
     (["map:duplicate=1"], "complete"),
+    (["sfn:start:throttle=1"], "complete"),  # kept in the manifest: the next batch request starts it
     (["connect:retry=2"], "complete"),
     (["engine:part=1:transient=1", "map:duplicate=1", "connect:retry=1"], "complete"),
     (["engine:part=3:permanent", "map:duplicate=3"], "apology"),
@@ -104,6 +105,26 @@ def test_a_slow_part_is_waited_for_not_skipped(cloud):
     # The caller waits between part 0 and part 1 (the flow loops get_next_batch meanwhile), then hears the rest
     assert result["gaps_ms"][0] > 2500
     assert result["lambda_invocations"] >= 3
+
+
+def test_a_workflow_that_failed_to_start_is_started_by_the_next_request(cloud):
+    text, before, result = call_with(cloud, ["sfn:start:throttle=1"])
+    # The caller heard part 0 at once, then the rest: the first get_next_batch started the kept workflow
+    assert result["ttfa_ms"] is not None and result["status"] == "complete"
+    assert result["injection"]["fired"]["sfn:start:throttle=1"] == 1
+    assert result["aws_calls"]["stepfunctions.StartExecution"] == 1  # the one that got through
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_of(text, result))
+    assert found.kept_starts == 0
+
+
+def test_a_workflow_that_never_starts_ends_the_call_after_part_0(cloud, setting):
+    setting("STREAM_TIMEOUT_SECONDS", 3)
+    text, before, result = call_with(cloud, ["sfn:start:throttle=1000"])
+    # Every request tried again; the stream's timeout ended the call with the apology, after part 0
+    assert [part["index"] for part in result["parts"]] == [0]
+    assert result["final"] and result["messages"]
+    assert result["injection"]["fired"]["sfn:start:throttle=1000"] >= 2
+    caller_heard(cloud, text, result, expect="apology")
 
 
 def test_connect_retries_repeat_every_request_but_no_part(cloud):
