@@ -80,11 +80,13 @@ class Row:
 
 
 def _bench_reports(results: dict) -> list[dict]:
-    """The fan-out calls of a `make bench` results file (latency model on), as call reports."""
+    """The fan-out calls of a `make bench` results file (latency model on), as call reports: every call with the
+    parts it played (so Connect's fetches and the audio minutes count), else the summary's median calls."""
+    runs = results.get("passes", {}).get("on", {}).get("calls") or list(results["summary"]["on"].values())
     return [{"aws_calls": run["aws_calls"], "lambda_invocations": run["lambda_invocations_by_connect"],
-             "ttfa_ms": run["ttfa_ms"], "parts": [{"ready_ms": run["last_ready_ms"]}], "chars": run["chars"],
-             "total": run["parts_total"]}
-            for run in results["summary"]["on"].values() if run.get("mode") == "fanout" and run.get("aws_calls")]
+             "ttfa_ms": run["ttfa_ms"], "parts": run.get("parts") or [{"ready_ms": run["last_ready_ms"]}],
+             "chars": run["chars"], "total": run["parts_total"]}
+            for run in runs if run.get("mode") == "fanout" and run.get("aws_calls")]
 
 
 def load_reports(path: str) -> list[dict]:
@@ -140,6 +142,10 @@ def call_rows(report: dict, *, engine: str, lambda_ms: float, start_ms: float | 
     item_bytes = MANIFEST_FIXED_BYTES + text_bytes + MANIFEST_BYTES_PER_PART * (report.get("total") or len(parts))
     read_units = calls.get("dynamodb.GetItem", 0) * math.ceil(item_bytes / 4096)  # strongly consistent
     write_units = calls.get("dynamodb.UpdateItem", 0) * math.ceil(item_bytes / 1024)
+    # The prompt cache: one lookup of every part's key (eventually consistent; each key, found or not, costs half a
+    # read unit, its item being far under 4 KB), and one entry (under 1 KB: one write unit) per new part written.
+    cache_read_units = 0.5 * (report.get("total") or len(parts)) if calls.get("dynamodb.BatchGetItem") else 0.0
+    cache_write_units = synthesize_invocations if calls.get("dynamodb.BatchWriteItem") else 0
     gets = len(parts) + calls.get("s3.GetObject", 0)  # Connect reads each part it plays once
     characters = sum(len(t) for t in texts) or report.get("chars", 0)
 
@@ -154,6 +160,10 @@ def call_rows(report: dict, *, engine: str, lambda_ms: float, start_ms: float | 
         Row("S3 GET (Connect plays parts)", gets, "requests", gets * p["s3_get"]),
         Row("DynamoDB reads, strongly consistent", read_units, "RRU", read_units * p["ddb_read_unit"], estimate=True),
         Row("DynamoDB writes", write_units, "WRU", write_units * p["ddb_write_unit"], estimate=True),
+        Row("DynamoDB prompt-cache lookups", cache_read_units, "RRU", cache_read_units * p["ddb_read_unit"],
+            estimate=True),
+        Row("DynamoDB prompt-cache entries", cache_write_units, "WRU", cache_write_units * p["ddb_write_unit"],
+            estimate=True),
     ]
     if ENGINES[engine]:
         rows.append(Row(f"Polly {engine.split('-')[1]}", characters, "characters",
@@ -206,7 +216,8 @@ def render(rows: list[Row], reports: list[dict], *, engine: str, calls: int, lam
               "in template.yaml, but start_stream runs",
               "  for the report's ttfa_ms (--start-ms: it waits for part 0); the workflow runs until the last part is "
               "ready (--workflow-ms), in 64 MB;",
-              "  every manifest read and write is billed at the full item size, texts included (an upper bound).",
+              "  every manifest read and write is billed at the full item size, texts included (an upper bound);",
+              "  the prompt-cache lookup costs half a read unit per part, and its entries a write unit per new part.",
               "Not included: CloudWatch Logs and metrics, X-Ray traces, data transfer, S3 storage (8 kB per second "
               "of audio, kept PartRetentionDays).",
               "",

@@ -70,6 +70,20 @@ def test_manifest_units_grow_with_the_item_size(cost):
     assert rows["DynamoDB writes"].usd_per_call == pytest.approx(12 * 0.625 / 1e6)
 
 
+def test_the_prompt_cache_is_priced_per_part_looked_up_and_per_entry_written(cost):
+    # Given a 5-part answer whose lookup found part 0 cached, so 4 new parts were written and indexed
+    report = {"aws_calls": {"dynamodb.BatchGetItem": 1, "dynamodb.BatchWriteItem": 1, "s3.PutObject": 4},
+              "lambda_invocations": 0, "parts": [], "total": 5}
+    rows = rows_by_component(cost, report)
+    # Then every key looked up costs half a read unit (eventually consistent), every entry one write unit
+    assert rows["DynamoDB prompt-cache lookups"].quantity == 2.5
+    assert rows["DynamoDB prompt-cache entries"].quantity == 4
+    assert rows["DynamoDB prompt-cache entries"].usd_per_call == pytest.approx(4 * 0.625 / 1e6)
+    # And with the cache off (no lookup, no entry) neither costs anything
+    off = rows_by_component(cost, {**report, "aws_calls": {"s3.PutObject": 4}})
+    assert off["DynamoDB prompt-cache lookups"].quantity == 0 == off["DynamoDB prompt-cache entries"].quantity
+
+
 def test_several_reports_are_averaged(cost, tmp_path):
     reports = [{"aws_calls": {"s3.PutObject": n}, "parts": [], "lambda_invocations": 0} for n in (10, 20)]
     path = tmp_path / "bench.json"
@@ -123,3 +137,22 @@ def test_the_script_prices_the_benchmarks_fan_out_calls(cost, tmp_path):
     path.write_text(json.dumps(results))
     reports = cost.load_reports(str(path))
     assert len(reports) == 1 and reports[0]["aws_calls"]["s3.PutObject"] == 10 and reports[0]["chars"] == 300
+
+
+def test_the_benchmarks_calls_bring_their_parts_so_fetches_and_audio_minutes_count(cost, tmp_path):
+    # Given a results file holding each call of the model-on pass with the parts its caller heard
+    parts = [{"index": i, "chars": 60, "ready_ms": 300 * (i + 1), "duration_ms": 3000} for i in range(4)]
+    call = {"mode": "fanout", "aws_calls": {"s3.PutObject": 4}, "lambda_invocations_by_connect": 2,
+            "ttfa_ms": 320.0, "last_ready_ms": 1200, "chars": 240, "parts_total": 4, "parts": parts}
+    results = {"summary": {"on": {"en/5/fanout": {k: v for k, v in call.items() if k != "parts"}}},
+               "passes": {"on": {"calls": [call, {**call, "mode": "whole"}]}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    # When it is priced
+    reports = cost.load_reports(str(path))
+    rows = {row.component: row for row in cost.call_rows(reports[0], engine="espeak", lambda_ms=100, start_ms=None,
+                                                          workflow_ms=None, memory_mb=cost.function_memory_mb())}
+    # Then Connect fetches every part it played, and the call's 12 s of audio count as voice minutes
+    assert len(reports) == 1
+    assert rows["S3 GET (Connect plays parts)"].quantity == 4
+    assert cost.audio_minutes(reports[0]) == pytest.approx(12 / 60)
