@@ -341,27 +341,29 @@ def fail_stream(ddb, table: str, stream_id: str, message: str) -> bool:
 
 def keep_start(ddb, table: str, stream_id: str, workflow_input: dict) -> bool:
     """Keep a workflow input whose StartExecution failed, for the next request that reads the stream to start
-    (`take_starts`). False if the stream is no longer streaming: nothing more of it will play."""
+    (`take_starts`). False if the stream is no longer starting or streaming: nothing more of it will play."""
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET kept_starts = list_append(if_not_exists(kept_starts, :none), :input)",
-        "ConditionExpression": "#status = :streaming",
+        "ConditionExpression": "#status IN (:starting, :streaming)",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {
-            ":streaming": {"S": STATUS_STREAMING}, ":none": {"L": []},
+            ":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING}, ":none": {"L": []},
             ":input": {"L": [{"S": json.dumps(workflow_input, ensure_ascii=False, sort_keys=True)}]}},
     })
 
 
 def take_starts(ddb, table: str, stream_id: str) -> list[dict]:
-    """The kept workflow inputs of a streaming stream, removed in the same write: exactly one caller gets them."""
+    """The kept workflow inputs of a starting or streaming stream, removed in the same write: exactly one caller
+    gets them."""
     try:
         old = ddb.update_item(
             TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="REMOVE kept_starts",
-            ConditionExpression="attribute_exists(kept_starts) AND #status = :streaming",
+            ConditionExpression="attribute_exists(kept_starts) AND #status IN (:starting, :streaming)",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":streaming": {"S": STATUS_STREAMING}}, ReturnValues="UPDATED_OLD",
+            ExpressionAttributeValues={":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING}},
+            ReturnValues="UPDATED_OLD",
         )["Attributes"]
     except ddb.exceptions.ConditionalCheckFailedException:
         return []

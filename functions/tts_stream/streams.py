@@ -225,12 +225,16 @@ def _start_workflow(clients, settings, stream_id: str, workflow_input: dict):
 
 
 def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, start: Callable[[], object] | None = None):
-    """Start a planned stream's workflow (`start`: a start already under way, to wait for). If StartExecution
-    fails, keep its input in the manifest: the next request that reads the stream starts it (`_wait_for_batch`),
-    and the caller hears what is ready meanwhile instead of an apology. Raises only if that write fails too."""
+    """Start a stream's workflow (`start`: a start already under way, to wait for). If StartExecution fails for a
+    passing reason (throttling, a 5xx, the network), keep its input in the manifest: the next request that reads
+    the stream starts it (`_wait_for_batch`), and the caller hears what is ready meanwhile instead of an apology.
+    Raises a failure no retry would mend (a missing state machine, access denied), so the caller hears the apology
+    at once rather than after the stream's timeout, and if the write that keeps the input fails too."""
     try:
         (start or (lambda: _start_workflow(clients, settings, stream_id, workflow_input)))()
-    except (ClientError, BotoCoreError):
+    except (ClientError, BotoCoreError) as error:
+        if isinstance(error, ClientError) and not is_transient_aws_error(error):
+            raise
         logger.warning("the workflow did not start; the next request for this stream starts it", exc_info=True)
         if not manifest.keep_start(clients.ddb, settings.table_name, stream_id, workflow_input):
             logger.info("the stream is no longer streaming: its workflow is not needed")
@@ -245,7 +249,7 @@ def _start_kept(clients, settings, stream_id: str):
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
                      restart_after_ms: int = manifest.RESTART_AFTER_MS):
     """Create the stream and start its workflow (which plans it) once, however often Connect retries the
-    request."""
+    request. If StartExecution fails, the workflow's input is kept for the next request to start."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
                                     now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
@@ -253,7 +257,7 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
     if created or (found.status == manifest.STATUS_STARTING
                    and manifest.claim_restart(clients.ddb, settings.table_name, stream_id, now_ms=clock.now_ms(),
                                               after_ms=restart_after_ms)):
-        _start_workflow(clients, settings, stream_id, {**workflow_input, "input_hash": content_hash})
+        _start_or_keep(clients, settings, stream_id, {**workflow_input, "input_hash": content_hash})
 
 
 def _plan_and_start(clients, settings, request: Request, stream_id: str, content_hash: str, split, batch_size: int,

@@ -3,12 +3,13 @@ on 127.0.0.1, a slow bot, a failing bot, and barge-in."""
 
 import threading
 import time
+import uuid
 
 import pytest
 
-from localcloud import chatbot, runs
+from localcloud import chatbot, faults, runs
 from localcloud.phone import KeyPress
-from tts_stream import chat, engines
+from tts_stream import chat, engines, manifest
 
 
 @pytest.fixture
@@ -53,6 +54,35 @@ def test_a_chatbot_slower_than_connects_limit_is_still_heard(cloud, bot):
     assert spoken(turn) == chatbot.answer_for("What are your opening hours?", [])
     assert turn["ttfa_ms"] >= 9000
     assert result["lambda_invocations"] >= 4  # it kept asking, one short wait at a time
+
+
+def test_a_turn_whose_workflow_failed_to_start_is_still_answered(cloud, bot):
+    # Given StartExecution fails once for good (the SDK's own retries spent)
+    with faults.injected(cloud, "sfn:start:throttle=1") as injection:
+        result = runs.run_chat_call(cloud, ["When will my order arrive?"], speed=40)
+
+    # Then the turn kept its workflow's input and the next read of the stream started it: the caller hears the
+    # answer, not the apology
+    assert injection.report()["fired"]["sfn:start:throttle=1"] == 1
+    turn = result["turns"][0]
+    assert result["errors"] == [] and "Apology" not in result["path"]
+    assert spoken(turn) == chatbot.answer_for("When will my order arrive?", [])
+    assert turn["status"] == "complete" and turn["indexes"] == list(range(turn["total"]))
+    assert result["aws_calls"]["stepfunctions.StartExecution"] == 1  # the one that got through
+    assert len(bot.requests) == 1  # the bot was asked once
+
+
+def test_a_turn_whose_workflow_cannot_start_at_all_is_an_apology_at_once(cloud, bot, setting):
+    # Given a state machine that does not exist (a misconfigured stack): no retry would start it
+    setting("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:missing")
+    contact = str(uuid.uuid4())
+    reply = cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
+        "ContactData": {"ContactId": contact}, "Parameters": {"Action": "chat_and_stream", "Question": "Hello?"}}})
+
+    # Then the flow is told at once (it plays its apology), and no start is kept for later requests to retry
+    assert reply["Status"] == "error" and reply["Final"] == "true" and "AWS request failed" in reply["Error"]
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), f"{contact}-t1")
+    assert found is not None and found.kept_starts == 0 and bot.requests == []
 
 
 @pytest.mark.parametrize("fault", [

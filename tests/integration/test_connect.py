@@ -109,6 +109,18 @@ def test_a_retried_start_stream_is_the_same_stream_and_starts_one_workflow(cloud
     assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
 
 
+def test_a_workflow_that_cannot_start_at_all_is_an_error_at_once_not_a_kept_start(cloud, setting):
+    # Given a state machine that does not exist (a misconfigured stack): no later request could start it
+    setting("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:missing")
+    stream_id = f"s-{uuid.uuid4()}"
+    reply = cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id,
+                                                  Text="Hello and welcome. Your balance is 42 dollars."))
+    # Then the flow is told now (it plays its apology) instead of part 0 and a wait for the stream's timeout
+    assert reply["Status"] == "error" and reply["Final"] == "true" and "AWS request failed" in reply["Error"]
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id)
+    assert found is not None and found.kept_starts == 0
+
+
 def test_a_one_part_answer_is_final_in_the_start_reply_and_needs_no_workflow(cloud):
     before = cloud.aws_calls.snapshot()
     reply = cloud.invoke("ConnectFunction", event(str(uuid.uuid4()), Action="start_stream", BatchSize=5,

@@ -43,6 +43,18 @@ def test_kept_workflow_starts_are_taken_once_in_order_and_only_while_streaming(d
     assert not manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id})
 
 
+def test_a_stream_still_starting_keeps_its_workflow_start_too(ddb, table, stream_id):
+    # Given a chat turn's stream, created but not planned (its workflow plans it once the chatbot answers)
+    manifest.begin(ddb, table, stream_id, "b" * 64, now_ms=now_ms(), ttl_hours=1)
+    # When its StartExecution failed, the input is kept, and taken once
+    assert manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id, "question": "q"})
+    assert manifest.take_starts(ddb, table, stream_id) == [{"stream_id": stream_id, "question": "q"}]
+    assert manifest.take_starts(ddb, table, stream_id) == []
+    # But not once the caller has moved on
+    manifest.cancel(ddb, table, stream_id)
+    assert not manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id, "question": "q"})
+
+
 def test_the_lowest_failed_index_is_kept_whatever_order_failures_arrive_in(ddb, table, stream_id):
     planned(ddb, table, stream_id)
     assert manifest.mark_part_failed(ddb, table, stream_id, 3, "third")
