@@ -150,11 +150,33 @@ def load(path: Path, overrides: dict[str, str] | None = None) -> Template:
     for name, value in (overrides or {}).items():
         if name not in declared:
             raise ValueError(f"parameter {name} is not declared in {Path(path).name}; known: {', '.join(declared)}")
-        allowed = declared[name].get("AllowedValues")
-        if allowed and value not in [str(a) for a in allowed]:
-            raise ValueError(f"parameter {name}={value} is not allowed; use one of {', '.join(map(str, allowed))}")
+        check_parameter(name, declared[name], value)
         parameters[name] = value
     return Template(Path(path), body, parameters)
+
+
+def check_parameter(name: str, spec: dict, value: str) -> None:
+    """Refuse a value as CloudFormation would (AllowedValues, AllowedPattern, MinValue/MaxValue for a Number,
+    MinLength/MaxLength for a String), so a value rehearsed here does not fail `sam deploy`."""
+    allowed = spec.get("AllowedValues")
+    if allowed and value not in [str(a) for a in allowed]:
+        raise ValueError(f"parameter {name}={value} is not allowed; use one of {', '.join(map(str, allowed))}")
+    pattern = spec.get("AllowedPattern")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise ValueError(f"parameter {name}={value!r} does not match its AllowedPattern {pattern}")
+    if spec.get("Type") == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"parameter {name}={value!r} is not a number") from None
+        if "MinValue" in spec and number < float(spec["MinValue"]):
+            raise ValueError(f"parameter {name}={value} is less than its MinValue {spec['MinValue']}")
+        if "MaxValue" in spec and number > float(spec["MaxValue"]):
+            raise ValueError(f"parameter {name}={value} is greater than its MaxValue {spec['MaxValue']}")
+    if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+        raise ValueError(f"parameter {name} is shorter than its MinLength {spec['MinLength']}")
+    if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+        raise ValueError(f"parameter {name} is longer than its MaxLength {spec['MaxLength']}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

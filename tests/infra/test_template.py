@@ -192,3 +192,22 @@ def test_only_the_configured_connect_instance_may_invoke_the_connect_function():
     assert permission["Condition"] == "HasConnectInstance"
     functions = loaded.resources("AWS::Serverless::Function")
     assert not any("Events" in f["Properties"] for f in functions.values()), "no other trigger may invoke them"
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("StartWaitMs", "7000", "greater than its MaxValue 5000"),
+    ("BatchWaitMs", "100", "less than its MinValue 500"),
+    ("StartWaitMs", "soon", "is not a number"),
+    ("TtsAuthSecretArn", "ssm:/tts/token", "does not match its AllowedPattern"),
+    ("PromptUrlMode", "signed", "is not allowed"),
+])
+def test_the_local_cloud_refuses_a_parameter_value_cloudformation_would_refuse(name, value, says):
+    # A value rehearsed with localcloud must not be the one that fails `sam deploy`
+    with pytest.raises(ValueError, match=says):
+        cfn.load(ROOT / "template.yaml", {name: value})
+
+
+def test_every_parameters_default_meets_its_own_constraints():
+    body = cfn.load(ROOT / "template.yaml").body
+    for name, spec in body["Parameters"].items():
+        cfn.check_parameter(name, spec, str(spec.get("Default", "")))
