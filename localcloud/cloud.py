@@ -155,10 +155,31 @@ def _patch_moto_dynamodb():
     """Make moto's DynamoDB item operations atomic, as DynamoDB's are. moto's update_item on a new item first
     stores the bare key and then applies the update, so a read from another thread can see an item with no
     attributes (a state DynamoDB never shows). One lock around item operations closes that window."""
+    from moto.dynamodb.exceptions import MockValidationException
     from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
 
     _one_lock_around(DynamoDBBackend, ("get_item", "put_item", "update_item", "delete_item", "batch_get_item",
                                        "transact_write_items"))
+    # DynamoDB refuses an expression string over 4 KB; moto takes any length.
+    if getattr(DynamoHandler, "_localcloud_expressions_checked", False):
+        return
+
+    def checked(method):
+        def check_then_call(self):
+            for name in ("UpdateExpression", "ConditionExpression", "ProjectionExpression", "KeyConditionExpression",
+                         "FilterExpression"):
+                value = self.body.get(name) if isinstance(self.body, dict) else None
+                if isinstance(value, str) and len(value.encode()) > 4096:
+                    raise MockValidationException(
+                        f"Invalid {name}: Expression size has exceeded the maximum allowed size; "
+                        f"expression size: {len(value.encode())}")
+            return method(self)
+        return check_then_call
+
+    for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan"):
+        setattr(DynamoHandler, name, checked(getattr(DynamoHandler, name)))
+    DynamoHandler._localcloud_expressions_checked = True
 
 
 # Connections a kept client may hold open: a load test has 200 calls on the line, each with a Map of parts.

@@ -228,8 +228,8 @@ def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int, after_ms: int
     })
 
 
-# Cached parts are marked one path each in the plan's single write; an UpdateExpression has room for this many.
-MAX_CACHED_MARKS = 100
+# DynamoDB refuses an expression string longer than 4 KB ("Expression parameters", DynamoDB constraints).
+EXPRESSION_MAX_BYTES = 4096
 
 
 def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], engine: str, voice: str,
@@ -240,33 +240,34 @@ def plan(ddb, table: str, stream_id: str, input_hash: str, *, texts: list[str], 
     answer was lost, then retried, counts none).
 
     One UpdateItem on the stream that ConnectFunction began. Parts found in the prompt cache (`cached`: index
-    -> S3 key) are made ready in that same write; ready marks made before it (part 0, spoken by ConnectFunction
+    -> S3 key) are made ready in that same write, as many as its expression holds (DynamoDB's 4 KB: about 45; the
+    rest are spoken again); ready marks made before it (part 0, spoken by ConnectFunction
     while the workflow started) are kept. A stream planned before with the same input (the workflow delivered
     twice) keeps what it has, so a second run only fills in what is missing. A workflow started directly,
     without ConnectFunction, begins its stream here first.
     """
-    cached = dict(sorted((cached or {}).items())[:MAX_CACHED_MARKS])
     names = {n: _NAMES[n] for n in ("#status", "#total", "#texts", "#engine", "#voice", "#language")}
-    marks, keys = [], {}
-    if cached:
-        names.update({"#ready": "ready", "#keys": "keys"})
-    for i, key in cached.items():
+    expression = "SET #status = :streaming, " + _PLAN
+    keys = {}
+    for i, key in sorted((cached or {}).items()):
         # A part made ready before the plan keeps its own mark and key: its URL must not change under a retry.
-        names[f"#c{i}"] = str(i)
+        mark = f", #r.#c{i} = if_not_exists(#r.#c{i}, :now), #k.#c{i} = if_not_exists(#k.#c{i}, :k{i})"
+        if len((expression + mark).encode()) > EXPRESSION_MAX_BYTES:
+            break  # a long answer's later cached parts are spoken again: one write, within DynamoDB's limit
+        expression += mark
+        names.update({"#r": "ready", "#k": "keys", f"#c{i}": str(i)})
         keys[f":k{i}"] = {"S": key}
-        marks.append(f"#ready.#c{i} = if_not_exists(#ready.#c{i}, :now), #keys.#c{i} = if_not_exists(#keys.#c{i}, :k{i})")
     request = {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": ", ".join([
-            "SET #status = :streaming, " + _PLAN, *marks]),
+        "UpdateExpression": expression,
         "ConditionExpression": "input_hash = :h AND #status = :starting",
         "ExpressionAttributeNames": names,
         "ExpressionAttributeValues": {
             ":streaming": {"S": STATUS_STREAMING}, ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash},
             **_plan_values(texts, engine, voice, language, engine_settings),
             **keys,
-            **({":now": {"N": str(now_ms)}} if cached else {}),
+            **({":now": {"N": str(now_ms)}} if keys else {}),
         },
         "ReturnValues": "ALL_NEW",
     }

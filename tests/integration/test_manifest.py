@@ -267,3 +267,30 @@ def test_finish_judges_only_the_parts_its_run_spoke(ddb, table, stream_id):
     manifest.mark_ready(ddb, table, other, 1, now_ms=now_ms())
     finished = manifest.finish(ddb, table, other, owned={1, 2})
     assert finished.status == "failed" and finished.failed_index == 2
+
+
+def test_the_local_cloud_refuses_an_expression_over_4_kb_as_dynamodb_does(ddb, table, stream_id):
+    long_condition = " OR ".join(["attribute_exists(stream_id)"] * 200)
+    with pytest.raises(ddb.exceptions.ClientError, match="Expression size has exceeded"):
+        ddb.update_item(TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="SET a = :a",
+                        ConditionExpression=long_condition, ExpressionAttributeValues={":a": {"S": "x"}})
+
+
+def test_a_long_answer_with_every_part_cached_is_planned_in_one_write_within_the_limit(ddb, table, stream_id):
+    # Given a 200-part answer said before (a chat turn or a workflow planned it: not ConnectFunction)
+    texts = [f"Part {i}. " for i in range(200)]
+    manifest.begin(ddb, table, stream_id, "c" * 64, now_ms=now_ms(), ttl_hours=1)
+    cached = {i: f"cache/{i:064x}.wav" for i in range(200)}
+    # When it is planned
+    planned, planned_here = manifest.plan(ddb, table, stream_id, "c" * 64, texts=texts, engine="espeak",
+                                          voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1, cached=cached)
+    # Then the plan landed, the first cached parts are ready from the cache, in order, and the rest are left
+    # for the workflow to speak
+    assert planned_here and planned.total == 200
+    ready = sorted(planned.ready)
+    assert 40 <= len(ready) < 200 and ready == list(range(len(ready)))
+    assert all(planned.keys[i] == cached[i] for i in ready)
+    settings = load_settings()
+    todo = pipeline.plan_output(stream_id, planned, settings, first="", cache_on=True, planned_here=True,
+                                now_ms=now_ms())["parts"]
+    assert [part["index"] for part in todo] == list(range(len(ready), 200))
