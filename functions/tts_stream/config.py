@@ -13,7 +13,7 @@ from tts_stream.errors import InvalidInput, shown
 
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.
-STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # whole id: fullmatch (a `$` lets "id\n" by)
 MAX_PARTS = 9999  # part keys are zero-padded to 4 digits
 
 
@@ -120,7 +120,7 @@ def part_key(stream_id: str, index: int) -> str:
 
 
 def check_stream_id(stream_id) -> str:
-    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
+    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.fullmatch(stream_id):
         raise InvalidInput(
             f"stream id {shown(stream_id)} is not valid: use 1-64 letters, digits, '-' or '_', starting with a letter "
             "or digit"

@@ -16,7 +16,7 @@ from tts_stream.config import MAX_PARTS, STREAM_ID_PATTERN, Settings, check_stre
 from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, aws_error, is_transient_aws_error, shown
 
 LANGUAGES = ("auto", "en", "ko")
-_VOICE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}$")
+_VOICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}")
 # Tab, newline and carriage return are whitespace to a reader; other control characters are not text at all.
 _HASH = re.compile(r"[0-9a-f]{64}")
 MAX_QUESTION_CHARS = 2000
@@ -50,7 +50,7 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
     except UnicodeEncodeError:
         raise InvalidInput("text is not valid Unicode (it holds a lone surrogate); send UTF-8 text") from None
     voice = voice or ""
-    if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.match(voice)):
+    if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.fullmatch(voice)):
         raise InvalidInput(f"voice {shown(voice)} is not a voice name (letters, digits, '-', '_', '+', '.')")
     language = language or "auto"
     if language not in LANGUAGES:
@@ -292,7 +292,7 @@ def record_failure(ddb, settings: Settings, event) -> dict:
     because it runs inside the workflow's error path."""
     message = failure_message(event.get("failure") if isinstance(event, dict) else None)
     stream_id = event.get("stream_id") if isinstance(event, dict) else None
-    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.match(stream_id):
+    if not isinstance(stream_id, str) or not STREAM_ID_PATTERN.fullmatch(stream_id):
         return {"recorded": False, "error": message}
     index = event.get("index")
     with aws_errors_as_retryable():

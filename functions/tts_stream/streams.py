@@ -412,7 +412,7 @@ def handle(clients: Clients, settings: Settings, event, *, remaining_ms: int, cl
     try:
         params, contact_id = parameters(event)
         given = params.get("StreamId", "")
-        stream_id = given if isinstance(given, str) and STREAM_ID_PATTERN.match(given) else ""
+        stream_id = given if isinstance(given, str) and STREAM_ID_PATTERN.fullmatch(given) else ""
         action = params.get("Action")
         handler = _HANDLERS.get(action) if isinstance(action, str) else None
         if handler is None:

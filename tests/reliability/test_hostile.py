@@ -86,16 +86,19 @@ CONNECT_CASES = [
      "error", "is not a voice name"),
     ("voice-path", {"Action": "start_stream", "Text": "Hello.", "Voice": "../../etc/passwd", "BatchSize": "5"},
      "error", "is not a voice name"),
+    ("voice-trailing-newline", {"Action": "start_stream", "Text": "Hello.", "Voice": "en-us\n", "BatchSize": "5"},
+     "error", "is not a voice name"),
     ("language-unknown", {"Action": "start_stream", "Text": "Hello.", "Language": "xx", "BatchSize": "5"}, "error",
      "language 'xx' is not supported"),
     *[(f"stream-id-{name}", {"Action": "start_stream", "Text": "Hello.", "StreamId": value, "BatchSize": "5"},
        "error", "is not valid")
       for name, value in [("dotdot", "../other"), ("slash", "a/b"), ("prefix", "streams/../../x"),
                           ("encoded", "%2e%2e%2fx"), ("long", "x" * 65), ("unicode", "스트림"), ("space", "a b"),
-                          ("leading-dash", "-x")]],
+                          ("leading-dash", "-x"), ("trailing-newline", "demo-order\n")]],
     *[(f"next-stream-id-{name}", {"Action": "get_next_batch", "StreamId": value, "NextIndex": "0", "BatchSize": "5"},
        "error", "is not valid")
-      for name, value in [("dotdot", "../other"), ("slash", "a/b"), ("empty", ""), ("number", 5)]],
+      for name, value in [("dotdot", "../other"), ("slash", "a/b"), ("empty", ""), ("number", 5),
+                          ("trailing-newline", "some-stream\n")]],
     *[(f"next-index-{name}", {"Action": "get_next_batch", "StreamId": "some-stream", "NextIndex": value,
                               "BatchSize": "5"}, "error", "NextIndex must be")
       for name, value in [("negative", "-1"), ("enormous", "9" * 30), ("float", "1.5"), ("exponent", "1e3"),
