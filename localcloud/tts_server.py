@@ -87,6 +87,11 @@ def drop() -> Fault:
     return Fault("drop")
 
 
+def cut(fraction: float = 0.25) -> Fault:
+    """Answer the audio with its whole Content-Length, but close the connection after this fraction of it."""
+    return Fault("cut", delay_s=fraction)
+
+
 @dataclass(frozen=True)
 class Request:
     headers: dict[str, str]
@@ -180,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "delay":
                 self.server._stopping.wait(fault.delay_s)
-        self._trickle = fault if fault is not None and fault.kind == "trickle" else None
+        self._trickle = fault if fault is not None and fault.kind in ("trickle", "cut") else None
         if self.path.split("?")[0] != PATH:
             return self._error(404, f"no such path {self.path!r}: POST to {PATH}")
         if self.server.auth and self.headers.get("Authorization") != self.server.auth:
@@ -210,8 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
                 wav.setframerate(rate)
                 wav.writeframes(pcm16)
             self._send(200, out.getvalue(), [("Content-Type", "audio/wav")])
-        elif self.server.response == "l16":
-            self._send(200, pcm16, [("Content-Type", f"audio/L16; rate={rate}; channels=1")])
+        elif self.server.response == "l16":  # network byte order, as RFC 2586 defines audio/L16
+            self._send(200, audioop.byteswap(pcm16, 2), [("Content-Type", f"audio/L16; rate={rate}; channels=1")])
         else:
             self._send(200, pcm16, [("Content-Type", "application/octet-stream"), ("X-Sample-Rate", str(rate))])
 
@@ -226,6 +231,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if code != 200 or self._trickle is None:
             self.wfile.write(data)
+            return
+        if self._trickle.kind == "cut":
+            self.wfile.write(data[:int(len(data) * self._trickle.delay_s)])
+            self.close_connection = True
             return
         pieces, interval_s = self._trickle.status, self._trickle.delay_s
         size = -(-len(data) // pieces)

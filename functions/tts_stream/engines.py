@@ -509,6 +509,8 @@ def _read_until(response, sock, deadline: float, limit: int, *, truncate: bool) 
         size += len(chunk)
         if size > limit:
             return b"".join(chunks)[:limit] if truncate else None
+    if response.length and not truncate:  # closed before its Content-Length arrived: cut-off audio, never a part
+        raise http.client.IncompleteRead(b"".join(chunks), response.length)
     return b"".join(chunks)
 
 
@@ -548,6 +550,8 @@ def _decode_audio(headers, payload: bytes) -> tuple[bytes, int]:
     if rate not in SUPPORTED_SAMPLE_RATES:
         raise ValueError(f"sample rate {rate} Hz is not supported: use one of "
                          f"{', '.join(str(r) for r in SUPPORTED_SAMPLE_RATES)}")
+    if content_type == "audio/l16":  # network byte order, as RFC 2586 defines it; WAV and octet-stream are little
+        pcm16 = audioop.byteswap(pcm16, 2)
     if channels == 2:
         pcm16 = audioop.tomono(pcm16, 2, 0.5, 0.5)
     if not pcm16:

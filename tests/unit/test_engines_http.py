@@ -3,6 +3,7 @@
 Faults are the server's: error statuses, delays, slow or malformed bodies, dropped connections.
 """
 
+import audioop
 import io
 import shutil
 import socket
@@ -264,6 +265,27 @@ def test_audio_over_the_size_limit_is_permanent(server, monkeypatch):
     # When the server sends the sentence, then the part fails for good, naming the limit
     with pytest.raises(PermanentSynthesisError, match="more than 1000 bytes of audio"):
         HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_audio_cut_off_before_its_content_length_is_retryable_never_a_short_part(server):
+    # Given a server whose connection closes after a quarter of the audio it announced
+    tts, url = server
+    tts.inject(tts_server.cut(0.25))
+    # Then the part is not spoken from what arrived: it is tried again
+    with pytest.raises(RetryableError, match="IncompleteRead"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_l16_is_read_in_network_byte_order_as_rfc_2586_defines_it(serve):
+    # Given the same speech sent as audio/L16 (big-endian) and as application/octet-stream (little-endian)
+    l16, l16_url = serve(sample_rate=22050, response="l16")
+    octet, octet_url = serve(sample_rate=22050, response="octet")
+    big = HttpEngine(l16_url).synthesize(TEXT, "en").pcm16
+    little = HttpEngine(octet_url).synthesize(TEXT, "en").pcm16
+    # Then both decode to the same speech (eSpeak varies a few samples between runs): as long, and as loud; read in
+    # the wrong byte order, speech turns into noise about six times louder
+    assert len(big) == pytest.approx(len(little), rel=0.01)
+    assert audioop.rms(big, 2) == pytest.approx(audioop.rms(little, 2), rel=0.2)
 
 
 def test_a_dropped_connection_is_retryable(server):
