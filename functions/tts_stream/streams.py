@@ -423,8 +423,11 @@ def handle(clients: Clients, settings: Settings, event, *, remaining_ms: int, cl
     except (ClientError, BotoCoreError) as error:
         if params.get("Action") == "get_next_batch" and stream_id and (
                 isinstance(error, BotoCoreError) or is_transient_aws_error(error)):
-            # A passing AWS hiccup must not end the call: nothing this time, ask again from the same place
-            # (the stream's own timeout still bounds how long the flow can keep asking).
+            # A passing AWS hiccup must not end the call: nothing this time, ask again from the same place. Not at
+            # once: the flow would call again as fast as it is answered, for as long as the failure lasts (the
+            # stream's own timeout is read from the manifest, which is what cannot be read). Waiting out the batch
+            # wait first paces it like an empty batch: one request every BatchWaitMs.
+            clock.sleep(max(0, min(settings.batch_wait_ms, deadline_ms - clock.now_ms())) / 1000)
             return reply(batches.Batch(stream_id, manifest.STATUS_STREAMING, (), _next_index_or_zero(params), False,
                                        "temporary AWS failure; ask again"), [], _batch_size_or_max(params))
         message = f"AWS request failed ({error.__class__.__name__}); the stream cannot be served right now"
