@@ -6,7 +6,6 @@ see tts_stream/streams.py for its keys and README for the contract.
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics
-from botocore.config import Config
 from aws_lambda_powertools.metrics import MetricUnit
 
 from tts_stream import config, streams
@@ -17,19 +16,15 @@ logger = Logger()
 # records every invocation (init and duration); the workflow's functions trace their AWS calls in detail.
 metrics = Metrics()  # namespace from POWERTOOLS_METRICS_NAMESPACE (template Globals)
 _clients = None
-# Connect waits at most 8 s for the whole invocation, so no request may stall it: botocore's defaults wait 60 s
-# for a connection and 60 s for an answer, and the runtime's legacy retries try DynamoDB up to 10 times. A
-# request here answers in milliseconds; one that has not in 2 s (a dead pooled connection) is tried once more.
-CLIENT_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
 
 
 def _aws() -> streams.Clients:
     """Clients are made on first use, not at import: a cold start pays only for what it calls."""
     global _clients
     if _clients is None:
-        _clients = streams.Clients(ddb=boto3.client("dynamodb", config=CLIENT_CONFIG),
-                                   s3=boto3.client("s3", config=CLIENT_CONFIG),
-                                   sfn=boto3.client("stepfunctions", config=CLIENT_CONFIG))
+        _clients = streams.Clients(ddb=boto3.client("dynamodb", config=streams.CLIENT_CONFIG),
+                                   s3=boto3.client("s3", config=streams.CLIENT_CONFIG),
+                                   sfn=boto3.client("stepfunctions", config=streams.CLIENT_CONFIG))
     return _clients
 
 

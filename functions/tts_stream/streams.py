@@ -17,6 +17,7 @@ from typing import Callable
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tts_stream import batches, conversation, manifest, pipeline
@@ -28,6 +29,11 @@ metrics = Metrics()  # Powertools shares one metric set per process: the handler
 ACTIONS = ("start_stream", "chat_and_stream", "get_next_batch", "stop")
 # Stop waiting this long before the Lambda's own deadline: the reply must still reach Connect.
 _REPLY_MARGIN_MS = 500
+# The clients' settings (connect.py): Connect waits at most 8 s for the whole invocation, so no request may stall
+# it. botocore's defaults wait 60 s for a connection and 60 s for an answer, and the runtime's legacy retries try
+# DynamoDB up to 10 times. A request here answers in milliseconds; one that has not in 2 s (a dead pooled
+# connection) is tried once more.
+CLIENT_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
 
 
 @dataclass

@@ -10,7 +10,6 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-import connect
 from tts_stream import config, streams
 
 STREAM = "contact-1-abcdef012345"
@@ -88,10 +87,10 @@ def silent_server():
 
 
 def test_a_dynamodb_that_never_answers_still_lets_the_reply_reach_connect_in_time(silent_server):
-    # Given ConnectFunction's own clients, and a DynamoDB endpoint that takes the request and never answers
+    # Given ConnectFunction's own client settings, and a DynamoDB endpoint that takes the request and never answers
     # (what a dead pooled connection looks like)
     ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=silent_server, aws_access_key_id="x",
-                       aws_secret_access_key="x", config=connect.CLIENT_CONFIG)
+                       aws_secret_access_key="x", config=streams.CLIENT_CONFIG)
     started = time.monotonic()
     reply = streams.handle(streams.Clients(ddb, None, None), settings(BATCH_WAIT_MS="500"), EVENT,
                            remaining_ms=8000)
