@@ -54,6 +54,9 @@ def ask(event, context):
                        error=result["chat_error"])  # says how it failed (status, timeout), never what was said
     else:
         logger.info("chatbot answered", stream_id=result["stream_id"], answer_chars=len(result["text"]))
+    if result["history_error"]:
+        logger.warning("this exchange is not in the conversation's history; the next turn's bot will not see it",
+                       stream_id=result["stream_id"], error=result["history_error"])
     return result
 
 

@@ -382,11 +382,12 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
     question = check_question(event.get("question"), settings)
     _, voice, language = check_content("x", event.get("voice"), event.get("language"), settings)
     spoken_language = language if language != "auto" else ("en" if chunking.detect_language(question) == "en" else "ko")
-    failure = ""
+    failure = history_error = ""
+    with aws_errors_as_retryable():  # a throttled read is asked again before the bot is: nothing spent yet
+        earlier = conversation.history(ddb, settings.conversation_table, contact_id)
     try:
         bot = backend or chat_backend(settings)
-        past = chat.bounded_history(conversation.history(ddb, settings.conversation_table, contact_id),
-                                    max_turns=settings.history_turns, max_chars=settings.history_chars)
+        past = chat.bounded_history(earlier, max_turns=settings.history_turns, max_chars=settings.history_chars)
         answer = bot.ask(question, past, contact_id=contact_id, language=spoken_language)
         # The bot's answer is input like any other: text the pipeline would refuse becomes the apology here,
         # in the stream's voice, not a failed stream.
@@ -394,12 +395,16 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
     except (chat.ChatError, ValueError) as error:
         answer, failure = chat.APOLOGY[spoken_language], str(error)
     else:
-        with aws_errors_as_retryable():
+        # Best effort, never retried: a retry would ask the bot again (another answer, more tokens, maybe a bot's
+        # side effect twice) for a write whose loss only shortens the next turn's history by this exchange.
+        try:
             conversation.record_exchange(ddb, settings.conversation_table, contact_id, turn, question, answer,
                                          keep_turns=settings.history_turns, now_ms=now_ms,
                                          ttl_hours=settings.manifest_ttl_hours)
+        except (ClientError, BotoCoreError) as error:
+            history_error = f"{type(error).__name__}: {aws_error(error)[0] or error}"
     result = {"stream_id": stream_id, "text": answer[:settings.max_text_chars], "input_hash": event.get("input_hash"),
-              "chat_error": failure}
+              "chat_error": failure, "history_error": history_error}
     if voice:
         result["voice"] = voice
     if language != "auto":

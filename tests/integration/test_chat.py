@@ -72,6 +72,21 @@ def test_a_turn_whose_workflow_failed_to_start_is_still_answered(cloud, bot):
     assert len(bot.requests) == 1  # the bot was asked once
 
 
+@pytest.mark.parametrize("fault", ["ddb:get:throttle=1:function=ChatFunction",
+                                   "ddb:update:throttle=1:function=ChatFunction"],
+                         ids=["history-read", "history-write"])
+def test_a_throttled_history_asks_the_bot_once_and_the_caller_hears_its_answer(cloud, bot, fault):
+    # Given the conversation's history read (before the bot) or write (after it) throttled once for good
+    with faults.injected(cloud, fault) as injection:
+        result = runs.run_chat_call(cloud, ["When will my order arrive?"], speed=40)
+    # Then the caller hears the bot's answer, and the bot was asked once: a read is retried before the bot is
+    # asked, a lost write is not worth asking the bot again
+    assert injection.report()["fired"][fault] == 1
+    turn = result["turns"][0]
+    assert spoken(turn) == chatbot.answer_for("When will my order arrive?", [])
+    assert turn["status"] == "complete" and len(bot.requests) == 1
+
+
 def test_a_turn_whose_workflow_cannot_start_at_all_is_an_apology_at_once(cloud, bot, setting):
     # Given a state machine that does not exist (a misconfigured stack): no retry would start it
     setting("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:missing")
