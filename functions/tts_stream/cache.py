@@ -18,6 +18,9 @@ _MIN_REMAINING_S = 3600
 _OBJECT_KEY = re.compile(r"cache/([0-9a-f]{64})\.wav")
 _BATCH_WRITE_MAX = 25  # BatchWriteItem takes at most 25 items
 _UNPROCESSED_TRIES = 5
+# A lookup is on the caller's path (ConnectFunction waits for it before speaking part 0): keys DynamoDB still
+# leaves unprocessed after this many tries (50 + 100 ms of backoff) are misses, and those parts are spoken.
+_LOOKUP_TRIES = 3
 
 
 def key_for(engine: str, identity: dict[str, str], voice: str, text: str) -> str:
@@ -36,6 +39,8 @@ def lookup(ddb, table: str, keys: list[str], *, now_ms: int, retention_days: int
 
     Judged by when the object was written and the retention in force now, so lowering CacheRetentionDays
     (which makes the lifecycle rule delete objects sooner) never leaves an entry pointing at deleted audio.
+    Keys DynamoDB keeps leaving unprocessed (throttling) are misses after a few short tries, never a wait
+    without end.
     """
     keep_ms = max(retention_days - 1, 0) * 86_400_000
     found: set[str] = set()
@@ -43,12 +48,16 @@ def lookup(ddb, table: str, keys: list[str], *, now_ms: int, retention_days: int
     for start in range(0, len(wanted), 100):  # BatchGetItem takes at most 100 keys
         request = {table: {"Keys": [{"cache_key": {"S": k}} for k in wanted[start:start + 100]],
                            "ProjectionExpression": "cache_key, written_ms"}}
-        while request:
+        for attempt in range(_LOOKUP_TRIES):
+            if attempt:
+                time.sleep(0.05 * 2 ** (attempt - 1))  # what DynamoDB asks for when it leaves keys unprocessed
             response = ddb.batch_get_item(RequestItems=request)
             for item in response.get("Responses", {}).get(table, []):
                 if "written_ms" in item and int(item["written_ms"]["N"]) + keep_ms > now_ms + _MIN_REMAINING_S * 1000:
                     found.add(item["cache_key"]["S"])
             request = response.get("UnprocessedKeys") or None
+            if not request:
+                break
     return found
 
 

@@ -67,6 +67,27 @@ def test_items_dynamodb_keeps_leaving_unprocessed_end_in_a_retryable_error(ddb, 
     assert no_sleep == [0.05, 0.1, 0.2, 0.4, 0.8]
 
 
+def test_a_lookup_dynamodb_keeps_leaving_unprocessed_gives_up_after_three_tries_as_misses(ddb, no_sleep):
+    # Given DynamoDB answering one key and leaving the other unprocessed, every time
+    found, left = "a" * 64, "b" * 64
+    now_ms = 1_700_000_000_000
+    request = {TABLE: {"Keys": [{"cache_key": {"S": found}}, {"cache_key": {"S": left}}],
+                       "ProjectionExpression": "cache_key, written_ms"}}
+    unprocessed = {TABLE: {"Keys": [{"cache_key": {"S": left}}], "ProjectionExpression": "cache_key, written_ms"}}
+    with Stubber(ddb) as stub:
+        stub.add_response("batch_get_item", {"Responses": {TABLE: [{"cache_key": {"S": found},
+                                                                    "written_ms": {"N": str(now_ms)}}]},
+                                             "UnprocessedKeys": unprocessed}, {"RequestItems": request})
+        for _ in range(2):
+            stub.add_response("batch_get_item", {"Responses": {TABLE: []}, "UnprocessedKeys": unprocessed},
+                              {"RequestItems": unprocessed})
+        hits = cache.lookup(ddb, TABLE, [found, left], now_ms=now_ms, retention_days=30)
+        stub.assert_no_pending_responses()
+    # Then the lookup ends (a caller is waiting on it): the answered key is a hit, the other a miss
+    assert hits == {found}
+    assert no_sleep == [0.05, 0.1]
+
+
 def test_nothing_to_index_sends_nothing(ddb):
     with Stubber(ddb) as stub:
         cache.remember(ddb, TABLE, {}, retention_days=30)
