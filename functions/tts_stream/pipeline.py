@@ -145,6 +145,8 @@ def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:
         # ConnectFunction, which speaks part 0 (or hands it to this run), planned the stream already: one read
         # instead of a cache lookup and a write that would find it planned.
         planned = manifest.read_planned(ddb, settings.table_name, stream_id, content_hash) if first else None
+        if first and planned is None:  # nobody would ever speak the part this run leaves out
+            raise InvalidInput(f"first_part={first} is for a stream ConnectFunction planned; {stream_id} is not planned")
         planned_here = False
         if planned is None:
             planned, planned_here = manifest.plan(

@@ -168,6 +168,8 @@ WORKFLOW_CASES = [
                  "input_hash", id="input-hash-a-number"),
     ("question-without-contact", {"stream_id": "wf-question", "question": "Where is my order?"}, "InvalidInput",
      "is not valid"),
+    ("first-part-of-an-unplanned-stream", {"stream_id": "wf-first", "text": "Hello there. Goodbye now.",
+                                           "first_part": "inline"}, "InvalidInput", "is not planned"),
 ]
 
 
