@@ -211,3 +211,14 @@ def test_every_parameters_default_meets_its_own_constraints():
     body = cfn.load(ROOT / "template.yaml").body
     for name, spec in body["Parameters"].items():
         cfn.check_parameter(name, spec, str(spec.get("Default", "")))
+
+
+def test_the_workflow_alarm_counts_timed_out_executions_too(template):
+    # An Express run cut off at 5 minutes reaches no Catch, so no StreamsFailed: only ExecutionsTimedOut sees it
+    alarm = template.body["Resources"]["WorkflowFailuresAlarm"]["Properties"]
+    watched = {m["MetricStat"]["Metric"]["MetricName"]: m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]
+               for m in alarm["Metrics"] if "MetricStat" in m}
+    assert set(watched) == {"ExecutionsFailed", "ExecutionsTimedOut"}
+    assert all(value == {"Ref": "SynthesisStateMachine"} for value in watched.values())
+    total = next(m for m in alarm["Metrics"] if m.get("ReturnData"))
+    assert total["Expression"] == "FILL(failed, 0) + FILL(timedOut, 0)"
