@@ -115,21 +115,32 @@ def part_item(stream_id: str, index: int, text: str, planned: "manifest.Manifest
             "planned_ms": now_ms}
 
 
+# Step Functions refuses state data over 256 KiB with States.DataLimitExceeded, which no Catch sees: the stream
+# would sit unfinished until its timeout. Plan's output (every part's text and settings) must stay below, with
+# room for the Map's results; measured as JSON with non-ASCII escaped (Hangul 6 bytes), the larger form.
+PLAN_OUTPUT_MAX_BYTES = 240_000
+
+
 def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, *, first: str, cache_on: bool,
                 planned_here: bool, now_ms: int) -> dict:
     """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*); and for the metrics,
-    whether this run's write planned the stream."""
+    whether this run's write planned the stream. InvalidInput if that is more than a workflow's state holds."""
     # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
     todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
     owned = owned_parts(first, planned.total)
     parts = [part_item(stream_id, i, t, planned, cache_on=cache_on, now_ms=now_ms)
              for i, t in enumerate(todo) if i not in planned.ready and (owned is None or i in owned)]
-    return {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
-            "max_concurrency": settings.map_max_concurrency,
-            "planned_here": planned_here,
-            # Only the run whose plan found part 0 cached reports it: ConnectFunction measures the part 0 it speaks
-            # itself, and a later delivery may find part 0 spoken by the run before.
-            "first_part_cached": planned_here and not first and 0 in planned.keys}
+    output = {"stream_id": stream_id, "total": planned.total, "parts": parts, "first_part": first,
+              "max_concurrency": settings.map_max_concurrency,
+              "planned_here": planned_here,
+              # Only the run whose plan found part 0 cached reports it: ConnectFunction measures the part 0 it
+              # speaks itself, and a later delivery may find part 0 spoken by the run before.
+              "first_part_cached": planned_here and not first and 0 in planned.keys}
+    size = len(json.dumps(output))
+    if size > PLAN_OUTPUT_MAX_BYTES:
+        raise InvalidInput(f"the answer makes {len(parts)} parts to speak, {size} bytes of workflow state; a workflow "
+                           f"holds {PLAN_OUTPUT_MAX_BYTES}: lower MaxTextChars or raise ChunkTargetChars")
+    return output
 
 
 def plan_stream(ddb, settings: Settings, event, *, now_ms: int) -> dict:

@@ -181,3 +181,17 @@ def test_s3_throttling_on_a_part_is_retried_to_success(cloud, stream_id):
     found = _manifest(cloud, stream_id)
     assert len(throttled) == 2
     assert found.status == "complete" and sorted(found.ready) == list(range(found.total))
+
+
+def test_an_answer_too_big_for_a_workflows_state_fails_clearly_instead_of_hanging(cloud, stream_id, setting):
+    # Given settings the template allows that split a long Korean answer into ~1,300 short parts: more than the
+    # 256 KB a workflow's state may hold (Step Functions would stop the run where no Catch sees it)
+    setting("CHUNK_TARGET_CHARS", 20)
+    setting("MAX_TEXT_CHARS", 40000)
+    text = "주문하신 휴대폰은 월요일에 발송되었습니다. " * 1500
+    # When the workflow plans it
+    result = runs.run_stream(cloud, text, stream_id=stream_id)
+    # Then the run fails at Plan, saying why and what to change, and the stream is failed, not left streaming
+    assert result["execution"]["status"] == "FAILED" and result["execution"]["error"] == "InvalidInput"
+    assert "bytes of workflow state" in json.loads(result["execution"]["cause"])["errorMessage"]
+    assert result["status"] == "failed" and result["failed_index"] == 0 and result["parts"] == []
