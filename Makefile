@@ -60,7 +60,8 @@ tools:
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq sox file >/dev/null; }
 
-demo: setup
+# The demo needs only the project's venv: no SAM CLI, checkov, Node.js or Debian packages.
+demo: $(VENV)/.installed
 	@echo "== 1. One stream through the real workflow: parts, their text and when each was ready"
 	$(PY) -m localcloud stream --text "$(DEMO_TEXT)" --out out/demo/parts
 	@echo "== 2. A phone call through the template's contact flow, in real time"
@@ -83,7 +84,7 @@ bench: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(PY) tests/bench/bench.py $(if $(QUICK),--quick)
 
 # 200 simulated calls on the local cloud, with their figures (calls, parts, failures, time to first audio).
-load: setup
+load: $(VENV)/.installed
 	$(PY) tests/bench/load.py --calls 200
 
 # The security scan make test runs (tests/infra/test_security_scan.py), on its own.
