@@ -2,7 +2,8 @@
 
     stream --text "..." [--out DIR] [--json]        run one stream, save its parts, print manifest and timeline
     call --text "..." [--out call.wav] [--json]     simulate a phone call through the template's contact flow
-    invoke FUNCTION_LOGICAL_ID --event FILE         invoke one function with an event (sam local invoke)
+    invoke LOGICAL_ID --event FILE [--event FILE]   invoke a function (sam local invoke), or run the state machine,
+                                                    with each event in turn, in one local cloud
     flow [--function-arn ARN]                       print the contact flow, ready to import into Connect
     start [--port N]                                serve a local AWS endpoint for the AWS CLI and boto3
 
@@ -63,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     flow.add_argument("--function-arn", default="arn:aws:lambda:REGION:ACCOUNT:function:YOUR-ConnectFunction",
                       help="your deployed ConnectFunction ARN (stack output ConnectFunctionArn)")
 
-    invoke = command("invoke", "invoke a function of the template with an event file")
-    invoke.add_argument("function", help="logical id in template.yaml, e.g. ConnectFunction")
-    invoke.add_argument("--event", type=Path, required=True, help="event JSON file (see events/)")
+    invoke = command("invoke", "invoke a function (or run the state machine) of the template with event files")
+    invoke.add_argument("function", help="logical id in template.yaml, e.g. ConnectFunction or SynthesisStateMachine")
+    invoke.add_argument("--event", type=Path, action="append", required=True,
+                        help="event JSON file (see events/); repeat to send several in turn to the same local cloud")
 
     start = command("start", "serve a local AWS endpoint on 127.0.0.1")
     start.add_argument("--port", type=int, default=4566)
@@ -169,22 +171,37 @@ def _flow(cloud, function_arn, out) -> int:
 
 
 def _invoke(cloud, args, out) -> int:
-    try:
-        event = json.loads(args.event.read_text())
-    except (OSError, ValueError) as error:
-        print(f"error: cannot read event {args.event}: {error}", file=sys.stderr)
+    """Each event in turn, to a function or (as its execution input) to the state machine: a later event sees
+    what an earlier one made (start_stream, then get_next_batch, then stop)."""
+    events = []
+    for path in args.event:
+        try:
+            events.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as error:
+            print(f"error: cannot read event {path}: {error}", file=sys.stderr)
+            return 2
+    machines = list(cloud.template.resources("AWS::Serverless::StateMachine"))
+    if args.function not in cloud.functions and args.function not in machines:
+        print(f"error: {args.function} is not a function or state machine in template.yaml; known: "
+              f"{', '.join([*cloud.functions, *machines])}", file=sys.stderr)
         return 2
-    if args.function not in cloud.functions:
-        print(f"error: {args.function} is not a function in template.yaml; known: {', '.join(cloud.functions)}",
-              file=sys.stderr)
-        return 2
-    try:
-        print(json.dumps(cloud.invoke(args.function, event), indent=2, ensure_ascii=False), file=out)
-    except local.FunctionError as error:
-        print(json.dumps(error.payload, indent=2), file=sys.stderr)
-        return 1
-    runs.wait_for_executions(cloud)
-    return 0
+    failed = False
+    for event in events:
+        if args.function in machines:
+            execution = cloud.wait_execution(cloud.start_execution(args.function, event))
+            result = {k: execution.get(k) for k in ("status", "output", "error", "cause") if execution.get(k)}
+            if "output" in result:
+                result["output"] = json.loads(result["output"])
+            failed |= execution["status"] != "SUCCEEDED"
+        else:
+            try:
+                result = cloud.invoke(args.function, event)
+            except local.FunctionError as error:
+                print(json.dumps(error.payload, indent=2), file=sys.stderr)
+                return 1
+            runs.wait_for_executions(cloud)
+        print(json.dumps(result, indent=2, ensure_ascii=False), file=out)
+    return 1 if failed else 0
 
 
 def _serve(cloud, port, out) -> int:

@@ -81,7 +81,7 @@ def test_invoke_runs_a_function_with_an_event_file():
 
 def test_invoke_names_an_unknown_function():
     done = run("invoke", "NoSuchFunction", "--event", "events/connect-start-stream.json")
-    assert done.returncode == 2 and "NoSuchFunction is not a function in template.yaml" in done.stderr
+    assert done.returncode == 2 and "NoSuchFunction is not a function or state machine in template.yaml" in done.stderr
 
 
 def test_stream_saves_the_parts_and_prints_the_manifest(tmp_path):
@@ -106,3 +106,25 @@ def test_flow_prints_the_contact_flow_with_the_given_function_arn():
     flow = json.loads(done.stdout)
     lambdas = [a for a in flow["Actions"] if a["Type"] == "InvokeLambdaFunction"]
     assert lambdas and all(a["Parameters"]["LambdaFunctionARN"] == arn for a in lambdas)
+
+
+def test_invoke_sends_several_events_in_turn_to_one_local_cloud():
+    # start_stream, then get_next_batch of the same stream: the second sees what the first made
+    done = run("invoke", "ConnectFunction", "--event", "events/connect-start-stream.json",
+               "--event", "events/connect-get-next-batch.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    decoder, text, replies = json.JSONDecoder(), done.stdout.strip(), []
+    while text:
+        reply, end = decoder.raw_decode(text)
+        replies.append(reply)
+        text = text[end:].strip()
+    started, batch = replies
+    assert started["StreamId"] == batch["StreamId"] == "demo-order-status"
+    assert batch["Status"] == "complete" and batch["Final"] == "true" and batch["Count"] != "0"
+
+
+def test_invoke_runs_the_state_machine_with_a_workflow_event():
+    done = run("invoke", "SynthesisStateMachine", "--event", "events/workflow-start.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["status"] == "SUCCEEDED" and result["output"]["status"] == "complete"
