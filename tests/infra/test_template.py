@@ -222,3 +222,13 @@ def test_the_workflow_alarm_counts_timed_out_executions_too(template):
     assert all(value == {"Ref": "SynthesisStateMachine"} for value in watched.values())
     total = next(m for m in alarm["Metrics"] if m.get("ReturnData"))
     assert total["Expression"] == "FILL(failed, 0) + FILL(timedOut, 0)"
+
+
+def test_the_tts_timeouts_cannot_outlast_the_synthesize_function(template):
+    # A part the server answers too slowly must end in our RetryableError, which the Map retries; a Lambda
+    # timeout (Sandbox.Timedout) is not retried
+    params = template.body["Parameters"]
+    longest_s = (params["TtsConnectTimeoutMs"]["MaxValue"] + params["TtsReadTimeoutMs"]["MaxValue"]) / 1000
+    timeout = template.body["Resources"]["SynthesizeFunction"]["Properties"].get(
+        "Timeout", template.body["Globals"]["Function"]["Timeout"])
+    assert longest_s < timeout
