@@ -197,8 +197,14 @@ def test_a_stream_planned_with_its_cached_parts_ready_is_created_once(ddb, table
 
 
 @pytest.mark.parametrize("role", ["", "inline", "only"])
-def test_plan_leaves_part_0_to_its_speaker(ddb, stream_id, role):
+def test_plan_leaves_part_0_to_its_speaker(ddb, table, stream_id, role):
     text = "Part zero is short. Part one follows it with a few more words to say. And then part two ends the answer."
+    if role:  # ConnectFunction planned the stream (and speaks part 0, or hands it over) before starting the run
+        settings = load_settings()
+        split = pipeline.split_answer(settings, text, "", "auto")
+        manifest.begin_planned(ddb, table, stream_id, pipeline.input_hash(text, "", "auto"), texts=split.texts,
+                               engine=split.engine, voice=split.voice, language=split.language, now_ms=now_ms(),
+                               ttl_hours=1, engine_settings=split.engine_settings)
     result = pipeline.plan_stream(ddb, load_settings(), {"stream_id": stream_id, "text": text, "first_part": role},
                                   now_ms=now_ms())
     total = result["total"]
