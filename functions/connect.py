@@ -4,7 +4,6 @@ Actions (Details.Parameters.Action): start_stream, get_next_batch. The reply is 
 see tts_stream/streams.py for its keys and README for the contract.
 """
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -22,9 +21,7 @@ def _aws() -> streams.Clients:
     """Clients are made on first use, not at import: a cold start pays only for what it calls."""
     global _clients
     if _clients is None:
-        _clients = streams.Clients(ddb=boto3.client("dynamodb", config=streams.CLIENT_CONFIG),
-                                   s3=boto3.client("s3", config=streams.CLIENT_CONFIG),
-                                   sfn=boto3.client("stepfunctions", config=streams.CLIENT_CONFIG))
+        _clients = streams.aws_clients()
     return _clients
 
 

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
@@ -29,11 +30,14 @@ metrics = Metrics()  # Powertools shares one metric set per process: the handler
 ACTIONS = ("start_stream", "chat_and_stream", "get_next_batch", "stop")
 # Stop waiting this long before the Lambda's own deadline: the reply must still reach Connect.
 _REPLY_MARGIN_MS = 500
-# The clients' settings (connect.py): Connect waits at most 8 s for the whole invocation, so no request may stall
-# it. botocore's defaults wait 60 s for a connection and 60 s for an answer, and the runtime's legacy retries try
-# DynamoDB up to 10 times. A request here answers in milliseconds; one that has not in 2 s (a dead pooled
-# connection) is tried once more.
-CLIENT_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
+# ConnectFunction's clients (`aws_clients`): Connect waits at most 8 s for the whole invocation, so no request may
+# stall it. botocore's defaults wait 60 s for a connection and 60 s for an answer, and the runtime's legacy retries
+# try DynamoDB up to 10 times. A request here answers in milliseconds; one that has not within 0.5 s to connect
+# and 1 s to answer (a dead pooled connection) is sent once more, after standard mode's backoff of up to 1 s.
+CLIENT_CONFIG = Config(connect_timeout=0.5, read_timeout=1,
+                       retries={"mode": "standard", "total_max_attempts": 2})
+# So one request takes at most 2 x (0.5 + 1) + 1 s: waits stop polling this long before the reply's deadline.
+_REQUEST_WORST_MS = 4000
 
 
 @dataclass
@@ -41,6 +45,12 @@ class Clients:
     ddb: object
     s3: object
     sfn: object
+
+
+def aws_clients() -> Clients:
+    """ConnectFunction's clients, each bounded by CLIENT_CONFIG."""
+    return Clients(ddb=boto3.client("dynamodb", config=CLIENT_CONFIG), s3=boto3.client("s3", config=CLIENT_CONFIG),
+                   sfn=boto3.client("stepfunctions", config=CLIENT_CONFIG))
 
 
 @dataclass
@@ -102,9 +112,10 @@ def _wait_for_batch(clients, settings, request, stream_id, next_index, batch_siz
     """Read the manifest once; if nothing is playable yet, poll until a part is or the wait is over.
 
     Polls start at POLL_INTERVAL_MS and double up to 4x it: a part about to be ready is caught quickly, and a
-    long wait (a chatbot thinking) costs a few reads, not one every 50 ms.
+    long wait (a chatbot thinking) costs a few reads, not one every 50 ms. The last poll leaves room before the
+    reply's deadline for a read that stalls (_REQUEST_WORST_MS).
     """
-    deadline = min(clock.now_ms() + wait_ms, request.deadline_ms)
+    deadline = min(clock.now_ms() + wait_ms, request.deadline_ms - _REQUEST_WORST_MS)
     interval = settings.poll_interval_ms
     kept_started = False
     while True:
@@ -129,8 +140,9 @@ def _batch_reply(clients, settings, waited, batch_size, **extra):
     return reply(batch, urls, batch_size, **extra)
 
 
-# Leave this much of the invocation for the reply (and, if part 0 could not be spoken, starting its workflow).
-_AFTER_FIRST_PART_MS = 1500
+# Leave this much of the invocation for the reply (and, if part 0 could not be spoken, starting its workflow: one
+# request, which may stall).
+_AFTER_FIRST_PART_MS = _REQUEST_WORST_MS
 
 
 class _Background:

@@ -195,7 +195,7 @@ def test_only_the_configured_connect_instance_may_invoke_the_connect_function():
 
 
 @pytest.mark.parametrize("name, value, says", [
-    ("StartWaitMs", "7000", "greater than its MaxValue 5000"),
+    ("StartWaitMs", "5000", "greater than its MaxValue 3500"),
     ("BatchWaitMs", "100", "less than its MinValue 500"),
     ("StartWaitMs", "soon", "is not a number"),
     ("TtsAuthSecretArn", "ssm:/tts/token", "does not match its AllowedPattern"),

@@ -1,10 +1,11 @@
 """ConnectFunction inside Connect's 8-second limit when AWS is not answering: a failed read is paced, and a
 request to a server that never answers gives up in time. AWS is the outside world here: botocore's Stubber,
-or a socket on 127.0.0.1 that accepts and never replies."""
+or an HTTP server on 127.0.0.1 that stops answering."""
 
-import socket
+import json
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
@@ -62,40 +63,68 @@ def test_the_pause_never_runs_past_connects_deadline():
     assert clock.slept == [1.5]
 
 
+class DynamoThatStalls(ThreadingHTTPServer):
+    """DynamoDB on 127.0.0.1 that answers every GetItem with a stream still waiting for part 2, until
+    `answer_for_s` after its first request; from then on it takes requests and never answers."""
+
+    def __init__(self, answer_for_s: float):
+        super().__init__(("127.0.0.1", 0), _Stalling)
+        self.answer_for_s, self.first, self.requests = answer_for_s, None, 0
+        self.release = threading.Event()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Stalling(BaseHTTPRequestHandler):
+    server: DynamoThatStalls
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests += 1
+        now = time.monotonic()
+        self.server.first = self.server.first or now
+        if now - self.server.first > self.server.answer_for_s:
+            self.server.release.wait(30)  # a request that never gets its answer
+            return
+        ms = str(time.time_ns() // 1_000_000)
+        item = {"stream_id": {"S": STREAM}, "status": {"S": "streaming"}, "total": {"N": "3"},
+                "ready": {"M": {"0": {"N": ms}, "1": {"N": ms}}}, "keys": {"M": {}}, "created_ms": {"N": ms}}
+        body = json.dumps({"Item": item}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
-def silent_server():
-    """A TCP server on 127.0.0.1 that accepts connections and reads requests but never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held, stop = [], threading.Event()
-
-    def accept():
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
+def stalling_dynamodb(monkeypatch):
+    server = DynamoThatStalls(answer_for_s=3.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    yield server
+    server.release.set()
+    server.shutdown()
+    server.server_close()
 
 
-def test_a_dynamodb_that_never_answers_still_lets_the_reply_reach_connect_in_time(silent_server):
-    # Given ConnectFunction's own client settings, and a DynamoDB endpoint that takes the request and never answers
-    # (what a dead pooled connection looks like)
-    ddb = boto3.client("dynamodb", region_name="us-east-1", endpoint_url=silent_server, aws_access_key_id="x",
-                       aws_secret_access_key="x", config=streams.CLIENT_CONFIG)
+def test_dynamodb_stalling_at_the_end_of_the_longest_wait_still_lets_the_reply_reach_connect_in_time(
+        stalling_dynamodb):
+    # Given ConnectFunction's own clients, the longest batch wait the template allows, and a DynamoDB that stops
+    # answering 3 s into it (a dead pooled connection, just as the wait is ending)
     started = time.monotonic()
-    reply = streams.handle(streams.Clients(ddb, None, None), settings(BATCH_WAIT_MS="500"), EVENT,
-                           remaining_ms=8000)
+    reply = streams.handle(streams.aws_clients(), settings(BATCH_WAIT_MS="3500"), EVENT, remaining_ms=8000)
     elapsed = time.monotonic() - started
-    # Then the function gives up on the request and replies "ask again" well inside Connect's 8 s, where
-    # botocore's defaults (60 s per read) would have run the function out of time and the caller into the apology
-    assert reply["Final"] == "false" and "ask again" in reply["Error"]
-    assert elapsed < 7.5
+    # Then the function gave up on that read (two tries), paced its "ask again" up to its own deadline (8 s less
+    # the 500 ms kept for the reply) and replied inside Connect's 8 s; botocore's defaults (60 s per read, up to 10
+    # tries) would have run it out of time, and the caller into the apology
+    assert stalling_dynamodb.requests >= 3
+    assert reply["Final"] == "false" and reply["NextIndex"] == "2" and "ask again" in reply["Error"]
+    assert elapsed < 7.8
