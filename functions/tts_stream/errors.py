@@ -14,6 +14,13 @@ TRANSIENT_AWS_CODES = frozenset({
 })
 
 
+# Of those, the ones that say the request was refused before it did anything.
+THROTTLING_AWS_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+    "RequestThrottled", "SlowDown", "ProvisionedThroughputExceededException",
+})
+
+
 def aws_error(error) -> tuple[str, int]:
     """(error code, HTTP status) of a botocore ClientError."""
     response = getattr(error, "response", None) or {}
@@ -24,6 +31,11 @@ def is_transient_aws_error(error) -> bool:
     """Throttling or a server-side failure (5xx) in a botocore ClientError: worth another try."""
     code, status = aws_error(error)
     return code in TRANSIENT_AWS_CODES or status >= 500
+
+
+def is_throttling(error) -> bool:
+    """A botocore ClientError that says the request was refused unperformed (a 5xx or a timeout may have done it)."""
+    return aws_error(error)[0] in THROTTLING_AWS_CODES
 
 
 def shown(value, limit: int = 60) -> str:

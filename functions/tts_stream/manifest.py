@@ -14,12 +14,15 @@ Item attributes:
                     often a part is delivered)
     failed_index    the lowest index that failed for good; error: what went wrong
     kept_starts     workflow inputs whose StartExecution failed, until a Connect request starts them (rare)
+    begun_by        a token of the request that created the item: the SDK resending a create whose answer was
+                    lost finds its own token, and knows the stream is its own (not someone else's retry)
     created_ms, expires_at (TTL, epoch seconds)
 
 Every write is a single conditional UpdateItem, so concurrent and repeated deliveries cannot corrupt an item.
 """
 
 import json
+import uuid
 from dataclasses import dataclass, field, replace
 
 from tts_stream.config import part_key
@@ -60,6 +63,7 @@ class Manifest:
     created_ms: int = 0
     texts: list[str] | None = None
     kept_starts: int = 0  # workflow starts that failed, kept for the next request that reads the stream
+    begun_by: str = ""  # the token of the request that created the item
 
     def key_of(self, index: int) -> str:
         """The S3 key part `index` plays from: its prompt-cache object, or its own object under the stream."""
@@ -92,6 +96,7 @@ def _from_item(item) -> Manifest:
         start_attempt_ms=_number(item, "start_attempt_ms") or 0,
         texts=texts,
         kept_starts=len(item.get("kept_starts", {}).get("L", [])),
+        begun_by=item.get("begun_by", {}).get("S", ""),
     ))
 
 
@@ -113,7 +118,7 @@ def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manife
     """One strongly consistent GetItem: a part marked ready is seen by the very next read."""
     request = {"TableName": table, "Key": {"stream_id": {"S": stream_id}}, "ConsistentRead": True}
     if not with_texts:
-        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts"
+        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by"
         request["ExpressionAttributeNames"] = {k: v for k, v in _NAMES.items() if k != "#texts"}
     item = ddb.get_item(**request).get("Item")
     return _from_item(item) if item else None
@@ -137,24 +142,31 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
 
     Raises StreamConflict when the id is taken by a different input: reusing it would mix two answers.
     """
+    token = uuid.uuid4().hex
     created = _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :empty, #keys = :empty",
+                            "expires_at = :exp, #ready = :empty, #keys = :empty, begun_by = :token",
         "ConditionExpression": "attribute_not_exists(stream_id)",
         "ExpressionAttributeNames": {"#status": "status", "#ready": "ready", "#keys": "keys"},
         "ExpressionAttributeValues": {
             ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
-            ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}},
+            ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}}, ":token": {"S": token},
         },
     })
-    if created:
+    existing = None if created else read(ddb, table, stream_id)
+    if created or _ours(existing, token):
         return True, Manifest(stream_id, STATUS_STARTING, input_hash, created_ms=now_ms, start_attempt_ms=now_ms)
-    existing = read(ddb, table, stream_id)
     if existing is None or existing.input_hash != input_hash:
         raise _conflict(stream_id)
     return False, existing
+
+
+def _ours(existing: "Manifest | None", token: str) -> bool:
+    """Whether a create that failed its condition had in fact been applied by this very request: the SDK resends
+    a write whose answer was lost (a timeout), and the resend finds the item the first send made."""
+    return existing is not None and existing.begun_by == token
 
 
 # What planning a stream sets, whether it is planned as it is created (begin_planned) or later (plan).
@@ -176,11 +188,12 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
     it splits itself: (True, manifest) if this call created it, (False, manifest) for a retry of the same
     input; StreamConflict if the id is taken by a different input. Cached parts (index -> key) start ready."""
     cached = cached or {}
+    token = uuid.uuid4().hex
     created = _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :streaming, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :ready, #keys = :keys, " + _PLAN,
+                            "expires_at = :exp, #ready = :ready, #keys = :keys, begun_by = :token, " + _PLAN,
         "ConditionExpression": "attribute_not_exists(stream_id)",
         "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#ready", "#keys", "#total", "#texts",
                                                            "#engine", "#voice", "#language")},
@@ -188,16 +201,16 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
             ":streaming": {"S": STATUS_STREAMING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
             ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
-            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
+            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}}, ":token": {"S": token},
             **_plan_values(texts, engine, voice, language, engine_settings),
         },
     })
-    if created:
+    existing = None if created else read(ddb, table, stream_id)
+    if created or _ours(existing, token):
         return True, _settled(Manifest(
             stream_id, STATUS_STREAMING, input_hash, start_attempt_ms=now_ms, total=len(texts), engine=engine,
             voice=voice, language=language, ready=dict.fromkeys(cached, now_ms), keys=dict(cached),
             engine_settings=dict(engine_settings or {}), created_ms=now_ms, texts=list(texts)))
-    existing = read(ddb, table, stream_id)
     if existing is None or existing.input_hash != input_hash:
         raise _conflict(stream_id)
     return False, existing

@@ -19,11 +19,13 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tts_stream import batches, conversation, manifest, pipeline
 from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
-from tts_stream.errors import InvalidInput, StreamCancelled, StreamConflict, is_transient_aws_error, shown
+from tts_stream.errors import (InvalidInput, StreamCancelled, StreamConflict, is_throttling, is_transient_aws_error,
+                               shown)
 
 logger = Logger(child=True)  # logs through the handler's logger, with its correlation ids
 metrics = Metrics()  # Powertools shares one metric set per process: the handler's log_metrics flushes these
@@ -246,12 +248,19 @@ def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, s
     """Start a stream's workflow (`start`: a start already under way, to wait for). If StartExecution fails for a
     passing reason (throttling, a 5xx, the network), keep its input in the manifest: the next request that reads
     the stream starts it (`_wait_for_batch`), and the caller hears what is ready meanwhile instead of an apology.
-    Raises a failure no retry would mend (a missing state machine, access denied), so the caller hears the apology
-    at once rather than after the stream's timeout, and if the write that keeps the input fails too."""
+    Raises a failure no retry would mend (a missing state machine, access denied, no credentials), so the caller
+    hears the apology at once rather than after the stream's timeout, and if the write that keeps the input fails.
+
+    A chat turn's start is kept only when it was throttled: after a 5xx or a timeout the execution may be running
+    (Express executions are not deduplicated by name), and a second one would ask the chatbot again."""
     try:
         (start or (lambda: _start_workflow(clients, settings, stream_id, workflow_input)))()
     except (ClientError, BotoCoreError) as error:
-        if isinstance(error, ClientError) and not is_transient_aws_error(error):
+        if isinstance(error, ClientError):
+            passing = is_throttling(error) if "question" in workflow_input else is_transient_aws_error(error)
+        else:  # the network: no answer (a chat turn's may have started), or no connection at all
+            passing = "question" not in workflow_input and isinstance(error, (BotoConnectionError, HTTPClientError))
+        if not passing:
             raise
         logger.warning("the workflow did not start; the next request for this stream starts it", exc_info=True)
         if not manifest.keep_start(clients.ddb, settings.table_name, stream_id, workflow_input):

@@ -300,3 +300,33 @@ def test_a_long_answer_with_every_part_cached_is_planned_in_one_write_within_the
     todo = pipeline.plan_output(stream_id, planned, settings, first="", cache_on=True, planned_here=True,
                                 now_ms=now_ms())["parts"]
     assert [part["index"] for part in todo] == list(range(len(ready), 200))
+
+
+class ResendsCreates:
+    """DynamoDB as the SDK sees it when a write's answer is lost: the write was applied, the SDK sends it again,
+    and the answer that comes back is the second send's."""
+
+    def __init__(self, real):
+        self.real, self.exceptions = real, real.exceptions
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def update_item(self, **request):
+        if "attribute_not_exists(stream_id)" in request.get("ConditionExpression", ""):
+            self.real.update_item(**request)  # applied; its answer never arrives
+        return self.real.update_item(**request)
+
+
+@pytest.mark.parametrize("create", ["begin", "begin_planned"])
+def test_a_create_whose_answer_was_lost_and_resent_is_still_ours(ddb, table, stream_id, create):
+    # When the SDK resends a stream's creation whose first send was applied (its answer timed out)
+    args = {"now_ms": now_ms(), "ttl_hours": 1}
+    if create == "begin_planned":
+        args.update(texts=["One. ", "Two. "], engine="espeak", voice="en-us", language="en")
+    created, found = getattr(manifest, create)(ResendsCreates(ddb), table, stream_id, "e" * 64, **args)
+    # Then the request knows it created the stream (so it starts the workflow), not that someone else did
+    assert created and found.input_hash == "e" * 64
+    # And a real retry of the same start (another request) still finds it is not the creator
+    again, _ = getattr(manifest, create)(ddb, table, stream_id, "e" * 64, **args)
+    assert not again

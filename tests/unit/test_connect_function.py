@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from tts_stream import config, streams
@@ -128,3 +129,31 @@ def test_dynamodb_stalling_at_the_end_of_the_longest_wait_still_lets_the_reply_r
     assert stalling_dynamodb.requests >= 3
     assert reply["Final"] == "false" and reply["NextIndex"] == "2" and "ask again" in reply["Error"]
     assert elapsed < 7.8
+
+
+@pytest.mark.parametrize("workflow_input, code, status, kept", [
+    ({"stream_id": STREAM, "text": "Hello."}, "ThrottlingException", 400, True),
+    ({"stream_id": STREAM, "text": "Hello."}, "InternalFailure", 500, True),
+    ({"stream_id": STREAM, "question": "Hello?", "contact_id": "c", "turn": 1}, "ThrottlingException", 400, True),
+    ({"stream_id": STREAM, "question": "Hello?", "contact_id": "c", "turn": 1}, "InternalFailure", 500, False),
+    ({"stream_id": STREAM, "text": "Hello."}, "AccessDeniedException", 400, False),
+], ids=["answer-throttled", "answer-5xx", "turn-throttled", "turn-5xx", "access-denied"])
+def test_a_failed_start_is_kept_only_when_a_second_start_cannot_do_harm(workflow_input, code, status, kept):
+    # Given StartExecution failing with this error
+    keys = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    sfn, ddb = boto3.client("stepfunctions", **keys), boto3.client("dynamodb", **keys)
+    with Stubber(sfn) as sfn_stub, Stubber(ddb) as ddb_stub:
+        sfn_stub.add_client_error("start_execution", code, http_status_code=status)
+        if kept:
+            ddb_stub.add_response("update_item", {})
+        clients = streams.Clients(ddb, None, sfn)
+        if kept:
+            streams._start_or_keep(clients, settings(STATE_MACHINE_ARN="arn:aws:states:us-east-1:1:stateMachine:s"),
+                                   STREAM, workflow_input)
+        else:
+            # A chat turn after a 5xx may have started (Express does not deduplicate names): a second start would
+            # ask the chatbot again, so the caller hears the apology instead; and nothing mends access denied
+            with pytest.raises(ClientError):
+                streams._start_or_keep(clients, settings(STATE_MACHINE_ARN="arn:aws:states:us-east-1:1:stateMachine:s"),
+                                       STREAM, workflow_input)
+        ddb_stub.assert_no_pending_responses()
