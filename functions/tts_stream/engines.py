@@ -550,7 +550,9 @@ def _decode_audio(headers, payload: bytes) -> tuple[bytes, int]:
     if rate not in SUPPORTED_SAMPLE_RATES:
         raise ValueError(f"sample rate {rate} Hz is not supported: use one of "
                          f"{', '.join(str(r) for r in SUPPORTED_SAMPLE_RATES)}")
-    if content_type == "audio/l16":  # network byte order, as RFC 2586 defines it; WAV and octet-stream are little
+    # audio/L16 is network byte order (RFC 2586), unless the server says `endianness=little-endian` (as some
+    # speech APIs do); WAV and octet-stream are little-endian.
+    if content_type == "audio/l16" and (headers.get_param("endianness") or "").lower() != "little-endian":
         pcm16 = audioop.byteswap(pcm16, 2)
     if channels == 2:
         pcm16 = audioop.tomono(pcm16, 2, 0.5, 0.5)

@@ -115,10 +115,13 @@ def part_item(stream_id: str, index: int, text: str, planned: "manifest.Manifest
             "planned_ms": now_ms}
 
 
-# Step Functions refuses state data over 256 KiB with States.DataLimitExceeded, which no Catch sees: the stream
-# would sit unfinished until its timeout. Plan's output (every part's text and settings) must stay below, with
-# room for the Map's results; measured as JSON with non-ASCII escaped (Hangul 6 bytes), the larger form.
-PLAN_OUTPUT_MAX_BYTES = 240_000
+# Step Functions refuses state data over 256 KiB (UTF-8) with States.DataLimitExceeded, which no Catch sees: the
+# stream would sit unfinished until its timeout. Plan's output (every part's text and settings) stays below, with
+# room for the Map's results beside it (about 20 bytes a spoken part; a failed part's error is longer, but then
+# the stream has failed already).
+STATE_MAX_BYTES = 262_144
+_RESULT_BYTES_PER_PART = 32
+_STATE_MARGIN_BYTES = 8_192
 
 
 def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, *, first: str, cache_on: bool,
@@ -136,10 +139,12 @@ def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, 
               # Only the run whose plan found part 0 cached reports it: ConnectFunction measures the part 0 it
               # speaks itself, and a later delivery may find part 0 spoken by the run before.
               "first_part_cached": planned_here and not first and 0 in planned.keys}
-    size = len(json.dumps(output))
-    if size > PLAN_OUTPUT_MAX_BYTES:
-        raise InvalidInput(f"the answer makes {len(parts)} parts to speak, {size} bytes of workflow state; a workflow "
-                           f"holds {PLAN_OUTPUT_MAX_BYTES}: lower MaxTextChars or raise ChunkTargetChars")
+    size = len(json.dumps(output, ensure_ascii=False, separators=(",", ":")).encode())
+    needed = size + _RESULT_BYTES_PER_PART * len(parts) + _STATE_MARGIN_BYTES
+    if needed > STATE_MAX_BYTES:
+        raise InvalidInput(f"the answer makes {len(parts)} parts to speak, {needed} bytes of workflow state with "
+                           f"their results; a workflow holds {STATE_MAX_BYTES}: lower MaxTextChars or raise "
+                           "ChunkTargetChars")
     return output
 
 

@@ -288,6 +288,15 @@ def test_l16_is_read_in_network_byte_order_as_rfc_2586_defines_it(serve):
     assert audioop.rms(big, 2) == pytest.approx(audioop.rms(little, 2), rel=0.2)
 
 
+def test_l16_marked_little_endian_is_read_as_sent(server):
+    # Given a server sending little-endian samples and saying so (as some speech APIs do)
+    tts, url = server
+    samples = struct.pack("<4h", 1000, -1000, 2000, -2000) * 50
+    tts.inject(tts_server.body(samples, "audio/L16; rate=8000; endianness=little-endian"))
+    # Then they are taken as they are
+    assert HttpEngine(url).synthesize(TEXT, "en").pcm16 == samples
+
+
 def test_a_dropped_connection_is_retryable(server):
     tts, url = server
     tts.inject(tts_server.drop())
