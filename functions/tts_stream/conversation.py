@@ -42,7 +42,10 @@ def start_turn(ddb, table: str, contact_id: str, previous_turn: int, question_ha
             Key={"contact_id": {"S": contact_id}},
             UpdateExpression="SET current_turn = :t, current_stream = :s, current_hash = :h, current_started_ms = :now, "
                              "expires_at = :exp",
-            ConditionExpression="attribute_not_exists(current_turn) OR current_turn = :old",
+            # ... or our own write, already applied: the SDK resends a write whose answer was lost (a timeout)
+            ConditionExpression="attribute_not_exists(current_turn) OR current_turn = :old OR "
+                                "(current_turn = :t AND current_stream = :s AND current_hash = :h "
+                                "AND current_started_ms = :now)",
             ExpressionAttributeValues={":t": {"N": str(turn)}, ":s": {"S": stream_id}, ":h": {"S": question_hash},
                                        ":now": {"N": str(now_ms)}, ":old": {"N": str(current)},
                                        ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}},

@@ -87,3 +87,24 @@ def test_a_cache_entry_is_not_trusted_past_the_retention_now_in_force(cloud):
     cache.remember(ddb, table, {key: written}, retention_days=30)
     assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=30) == {key}
     assert cache.lookup(ddb, table, [key], now_ms=now_ms(), retention_days=7) == set()
+
+
+def test_a_turn_whose_write_the_sdk_resent_after_a_lost_answer_is_still_started(talk):
+    # Given a first turn, and DynamoDB applying the next turn's write whose answer is lost, so the SDK sends it again
+    assert talk(0, "h-one") == (1, None)
+
+    class Resends:
+        def __init__(self, real):
+            self.real, self.exceptions = real, real.exceptions
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def update_item(self, **request):
+            self.real.update_item(**request)
+            return self.real.update_item(**request)
+
+    # Then the resend finds its own write, not "another turn started at the same moment" (the caller's apology)
+    turn = conversation.start_turn(Resends(talk.ddb), talk.table, talk.contact, 1, "h-two", now_ms=now_ms(),
+                                   ttl_hours=1)
+    assert turn == (2, f"{talk.contact}-t1")
