@@ -22,6 +22,7 @@ Every write is a single conditional UpdateItem, so concurrent and repeated deliv
 """
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -118,10 +119,17 @@ def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manife
     """One strongly consistent GetItem: a part marked ready is seen by the very next read."""
     request = {"TableName": table, "Key": {"stream_id": {"S": stream_id}}, "ConsistentRead": True}
     if not with_texts:
-        request["ProjectionExpression"] = _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by"
+        request["ProjectionExpression"] = (_BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by, "
+                                           "expires_at")
         request["ExpressionAttributeNames"] = {k: v for k, v in _NAMES.items() if k != "#texts"}
     item = ddb.get_item(**request).get("Item")
-    return _from_item(item) if item else None
+    return _from_item(item) if item and not _expired(item) else None
+
+
+def _expired(item) -> bool:
+    """Past its TTL: DynamoDB deletes such an item late (within days), and until then it is gone for us too (its
+    parts may be deleted already; a reused StreamId starts afresh)."""
+    return "expires_at" in item and int(item["expires_at"]["N"]) <= time.time()
 
 
 def _conditional(ddb, request) -> bool:
@@ -136,6 +144,12 @@ def _conflict(stream_id: str) -> StreamConflict:
     return StreamConflict(f"stream {stream_id} already exists with a different text; start it with a new StreamId")
 
 
+# A stream is created where there is none, or where one has outlived its TTL (DynamoDB deletes it late), and then
+# nothing of the old one may remain.
+_NEW_OR_EXPIRED = "attribute_not_exists(stream_id) OR expires_at <= :now_s"
+_LEFTOVERS = "failed_index, #error, kept_starts"
+
+
 def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_hours: int) -> tuple[bool, Manifest]:
     """Create the stream in `starting` state; (True, manifest) if this call created it, (False, manifest) if it
     exists with the same input (a retry).
@@ -147,12 +161,15 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :empty, #keys = :empty, begun_by = :token",
-        "ConditionExpression": "attribute_not_exists(stream_id)",
-        "ExpressionAttributeNames": {"#status": "status", "#ready": "ready", "#keys": "keys"},
+                            "expires_at = :exp, #ready = :empty, #keys = :empty, begun_by = :token "
+                            "REMOVE #total, #texts, #engine, #voice, #language, engine_settings, " + _LEFTOVERS,
+        "ConditionExpression": _NEW_OR_EXPIRED,
+        "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#ready", "#keys", "#total", "#texts",
+                                                           "#engine", "#voice", "#language", "#error")},
         "ExpressionAttributeValues": {
             ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}}, ":token": {"S": token},
+            ":now_s": {"N": str(now_ms // 1000)},
         },
     })
     existing = None if created else read(ddb, table, stream_id)
@@ -193,15 +210,17 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :streaming, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
-                            "expires_at = :exp, #ready = :ready, #keys = :keys, begun_by = :token, " + _PLAN,
-        "ConditionExpression": "attribute_not_exists(stream_id)",
+                            "expires_at = :exp, #ready = :ready, #keys = :keys, begun_by = :token, " + _PLAN
+                            + " REMOVE " + _LEFTOVERS,
+        "ConditionExpression": _NEW_OR_EXPIRED,
         "ExpressionAttributeNames": {n: _NAMES[n] for n in ("#status", "#ready", "#keys", "#total", "#texts",
-                                                           "#engine", "#voice", "#language")},
+                                                           "#engine", "#voice", "#language", "#error")},
         "ExpressionAttributeValues": {
             ":streaming": {"S": STATUS_STREAMING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
             ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
             ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}}, ":token": {"S": token},
+            ":now_s": {"N": str(now_ms // 1000)},
             **_plan_values(texts, engine, voice, language, engine_settings),
         },
     })

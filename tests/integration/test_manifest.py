@@ -330,3 +330,32 @@ def test_a_create_whose_answer_was_lost_and_resent_is_still_ours(ddb, table, str
     # And a real retry of the same start (another request) still finds it is not the creator
     again, _ = getattr(manifest, create)(ddb, table, stream_id, "e" * 64, **args)
     assert not again
+
+
+def test_a_stream_past_its_ttl_is_gone_and_its_id_starts_afresh(ddb, table, stream_id):
+    # Given a stream that failed two hours ago and outlived its 1-hour TTL, which DynamoDB has not deleted yet
+    two_hours_ago = now_ms() - 2 * 3600 * 1000
+    manifest.begin(ddb, table, stream_id, "f" * 64, now_ms=two_hours_ago, ttl_hours=1)
+    manifest.plan(ddb, table, stream_id, "f" * 64, texts=["Old. ", "Older. "], engine="espeak", voice="en-us",
+                  language="en", now_ms=two_hours_ago, ttl_hours=1)
+    assert manifest.mark_part_failed(ddb, table, stream_id, 0, "the engine failed")
+    assert ddb.get_item(TableName=table, Key={"stream_id": {"S": stream_id}}).get("Item")  # still stored
+    # Then nobody is served it any more (its parts may be deleted already)
+    assert manifest.read(ddb, table, stream_id) is None
+    # And the id, reused for another answer, starts a new stream with nothing of the old one
+    created, found = manifest.begin_planned(ddb, table, stream_id, "0" * 64, texts=["New. "], engine="espeak",
+                                            voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)
+    assert created
+    fresh = manifest.read(ddb, table, stream_id, with_texts=True)
+    assert (fresh.status, fresh.total, fresh.texts, fresh.failed_index, fresh.error) == (
+        "streaming", 1, ["New. "], None, "")
+
+
+def test_a_chat_turn_begun_over_an_expired_stream_is_not_planned_yet(ddb, table, stream_id):
+    long_ago = now_ms() - 3 * 3600 * 1000
+    manifest.begin(ddb, table, stream_id, "f" * 64, now_ms=long_ago, ttl_hours=1)
+    manifest.plan(ddb, table, stream_id, "f" * 64, texts=["Old. "], engine="espeak", voice="en-us", language="en",
+                  now_ms=long_ago, ttl_hours=1)
+    created, _ = manifest.begin(ddb, table, stream_id, "1" * 64, now_ms=now_ms(), ttl_hours=1)
+    fresh = manifest.read(ddb, table, stream_id, with_texts=True)
+    assert created and (fresh.status, fresh.total, fresh.texts, fresh.engine) == ("starting", None, None, "")
