@@ -319,7 +319,7 @@ def _shared_polly_client(region: str | None):
                 "polly",
                 region_name=region,
                 # One quick retry inside the call; the workflow's Retry backs off for longer throttling.
-                config=Config(connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}),
+                config=Config(connect_timeout=2, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2}),
             )
         return _polly_clients[region]
 

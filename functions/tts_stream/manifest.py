@@ -13,7 +13,8 @@ Item attributes:
     ready           map of part index -> epoch ms when it became ready (a map key is one ready mark, however
                     often a part is delivered)
     failed_index    the lowest index that failed for good; error: what went wrong
-    kept_starts     workflow inputs whose StartExecution failed, until a Connect request starts them (rare)
+    kept_starts     workflow inputs whose StartExecution failed, until a Connect request starts them (rare);
+                    taken_starts, taken_by: the last ones taken, and the token of the request that took them
     begun_by        a token of the request that created the item: the SDK resending a create whose answer was
                     lost finds its own token, and knows the stream is its own (not someone else's retry)
     created_ms, expires_at (TTL, epoch seconds)
@@ -253,7 +254,8 @@ def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int, after_ms: int
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET start_attempt_ms = :now",
-        "ConditionExpression": "#status = :starting AND start_attempt_ms < :cutoff",
+        # ... or this very claim, applied already: the SDK resends a write whose answer was lost
+        "ConditionExpression": "#status = :starting AND (start_attempt_ms < :cutoff OR start_attempt_ms = :now)",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {":starting": {"S": STATUS_STARTING}, ":now": {"N": str(now_ms)},
                                       ":cutoff": {"N": str(now_ms - after_ms)}},
@@ -375,32 +377,45 @@ def fail_stream(ddb, table: str, stream_id: str, message: str) -> bool:
 def keep_start(ddb, table: str, stream_id: str, workflow_input: dict) -> bool:
     """Keep a workflow input whose StartExecution failed, for the next request that reads the stream to start
     (`take_starts`). False if the stream is no longer starting or streaming: nothing more of it will play."""
-    return _conditional(ddb, {
+    kept = json.dumps(workflow_input, ensure_ascii=False, sort_keys=True)
+    if _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET kept_starts = list_append(if_not_exists(kept_starts, :none), :input)",
-        "ConditionExpression": "#status IN (:starting, :streaming)",
+        # Kept once, however often the write is sent (the SDK resends one whose answer was lost).
+        "ConditionExpression": "#status IN (:starting, :streaming) AND "
+                               "(attribute_not_exists(kept_starts) OR NOT contains(kept_starts, :one))",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {
             ":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING}, ":none": {"L": []},
-            ":input": {"L": [{"S": json.dumps(workflow_input, ensure_ascii=False, sort_keys=True)}]}},
-    })
+            ":input": {"L": [{"S": kept}]}, ":one": {"S": kept}},
+    }):
+        return True
+    found = read(ddb, table, stream_id)
+    return found is not None and found.status in (STATUS_STARTING, STATUS_STREAMING)  # kept already
 
 
 def take_starts(ddb, table: str, stream_id: str) -> list[dict]:
     """The kept workflow inputs of a starting or streaming stream, removed in the same write: exactly one caller
-    gets them."""
+    gets them. They move to `taken_starts` under this call's token, so a resend of the write (its answer lost)
+    still gets them back."""
+    token = uuid.uuid4().hex
     try:
-        old = ddb.update_item(
-            TableName=table, Key={"stream_id": {"S": stream_id}}, UpdateExpression="REMOVE kept_starts",
+        item = ddb.update_item(
+            TableName=table, Key={"stream_id": {"S": stream_id}},
+            UpdateExpression="SET taken_by = :token, taken_starts = kept_starts REMOVE kept_starts",
             ConditionExpression="attribute_exists(kept_starts) AND #status IN (:starting, :streaming)",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING}},
-            ReturnValues="UPDATED_OLD",
+            ExpressionAttributeValues={":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING},
+                                       ":token": {"S": token}},
+            ReturnValues="ALL_NEW",  # UPDATED_NEW may leave out taken_starts when it equals the last ones taken
         )["Attributes"]
     except ddb.exceptions.ConditionalCheckFailedException:
-        return []
-    return [json.loads(kept["S"]) for kept in old["kept_starts"]["L"]]
+        item = ddb.get_item(TableName=table, Key={"stream_id": {"S": stream_id}}, ConsistentRead=True,
+                            ProjectionExpression="taken_by, taken_starts").get("Item", {})
+    if item.get("taken_by", {}).get("S") != token:
+        return []  # someone else took them (or there were none)
+    return [json.loads(kept["S"]) for kept in item["taken_starts"]["L"]]
 
 
 def cancel(ddb, table: str, stream_id: str) -> bool:

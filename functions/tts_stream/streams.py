@@ -38,6 +38,9 @@ _REPLY_MARGIN_MS = 500
 # and 1 s to answer (a dead pooled connection) is sent once more, after standard mode's backoff of up to 1 s.
 CLIENT_CONFIG = Config(connect_timeout=0.5, read_timeout=1,
                        retries={"mode": "standard", "total_max_attempts": 2})
+# StartExecution is sent once: an Express execution is not deduplicated by name, so a resend after a slow answer
+# may start a second one (and ask a chatbot twice). What failed is kept for the next request (`_start_or_keep`).
+START_CONFIG = CLIENT_CONFIG.merge(Config(retries={"mode": "standard", "total_max_attempts": 1}))
 # So one request takes at most 2 x (0.5 + 1) + 1 s: waits stop polling this long before the reply's deadline.
 _REQUEST_WORST_MS = 4000
 
@@ -52,7 +55,7 @@ class Clients:
 def aws_clients() -> Clients:
     """ConnectFunction's clients, each bounded by CLIENT_CONFIG."""
     return Clients(ddb=boto3.client("dynamodb", config=CLIENT_CONFIG), s3=boto3.client("s3", config=CLIENT_CONFIG),
-                   sfn=boto3.client("stepfunctions", config=CLIENT_CONFIG))
+                   sfn=boto3.client("stepfunctions", config=START_CONFIG))
 
 
 @dataclass
@@ -261,6 +264,12 @@ def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, s
         else:  # the network: no answer (a chat turn's may have started), or no connection at all
             passing = "question" not in workflow_input and isinstance(error, (BotoConnectionError, HTTPClientError))
         if not passing:
+            # Nothing will start it: the stream ends now, so a retry or a re-asked question reads `failed` (the
+            # apology) instead of waiting out the stream's timeout in silence.
+            try:
+                manifest.fail_stream(clients.ddb, settings.table_name, stream_id, "its workflow did not start")
+            except (ClientError, BotoCoreError):
+                logger.warning("could not mark the stream failed; it ends at its timeout", exc_info=True)
             raise
         logger.warning("the workflow did not start; the next request for this stream starts it", exc_info=True)
         if not manifest.keep_start(clients.ddb, settings.table_name, stream_id, workflow_input):

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 
 from localcloud import chatbot, faults, runs
 from localcloud.phone import KeyPress
@@ -70,6 +71,28 @@ def test_a_turn_whose_workflow_failed_to_start_is_still_answered(cloud, bot):
     assert turn["status"] == "complete" and turn["indexes"] == list(range(turn["total"]))
     assert result["aws_calls"]["stepfunctions.StartExecution"] == 1  # the one that got through
     assert len(bot.requests) == 1  # the bot was asked once
+
+
+def test_a_turn_whose_start_failed_with_a_5xx_ends_so_the_same_question_again_is_not_left_in_silence(cloud):
+    # Given StartExecution failing with a 5xx (the execution may or may not run: it is not started a second time)
+    from botocore.stub import Stubber
+
+    from tts_stream import config, streams
+
+    sfn = cloud.client("stepfunctions")
+    clients = streams.Clients(cloud.client("dynamodb"), cloud.client("s3"), sfn)
+    contact = str(uuid.uuid4())
+    request = streams.Request({"Action": "chat_and_stream", "Question": "Hello?"}, contact, time.time_ns() // 10**6 + 7500)
+    with Stubber(sfn) as stub:
+        stub.add_client_error("start_execution", "InternalFailure", http_status_code=500)
+        with pytest.raises(ClientError):
+            streams.chat_and_stream(clients, config.load(), request, clock=streams.Clock())
+    # Then the turn's stream is failed at once: the caller hears the apology now, and if they ask the same
+    # thing again within Connect's retry window (the same turn) they hear it again, not 330 s of silence
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), f"{contact}-t1")
+    assert found.status == "failed" and found.kept_starts == 0
+    again = streams.chat_and_stream(clients, config.load(), request, clock=streams.Clock())
+    assert again["Status"] == "failed" and again["Final"] == "true"
 
 
 @pytest.mark.parametrize("fault", ["ddb:get:throttle=1:function=ChatFunction",

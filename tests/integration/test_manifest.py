@@ -359,3 +359,22 @@ def test_a_chat_turn_begun_over_an_expired_stream_is_not_planned_yet(ddb, table,
     created, _ = manifest.begin(ddb, table, stream_id, "1" * 64, now_ms=now_ms(), ttl_hours=1)
     fresh = manifest.read(ddb, table, stream_id, with_texts=True)
     assert created and (fresh.status, fresh.total, fresh.texts, fresh.engine) == ("starting", None, None, "")
+
+
+def test_keeping_taking_and_claiming_survive_a_resend_after_a_lost_answer(ddb, table, stream_id):
+    resending = ResendsEveryWrite(ddb)
+    manifest.begin(ddb, table, stream_id, "a" * 64, now_ms=now_ms() - 60_000, ttl_hours=1)
+    # A kept start is kept once, though its write was sent twice
+    assert manifest.keep_start(resending, table, stream_id, {"stream_id": stream_id, "question": "q"})
+    assert manifest.read(ddb, table, stream_id).kept_starts == 1
+    # Taking it, sent twice, still hands it to the one request that took it
+    assert manifest.take_starts(resending, table, stream_id) == [{"stream_id": stream_id, "question": "q"}]
+    assert manifest.take_starts(ddb, table, stream_id) == []
+    # A claim to restart a stuck start, sent twice, is still this request's claim
+    assert manifest.claim_restart(resending, table, stream_id, now_ms=now_ms())
+
+
+class ResendsEveryWrite(ResendsCreates):
+    def update_item(self, **request):
+        self.real.update_item(**request)  # applied; its answer never arrives
+        return self.real.update_item(**request)

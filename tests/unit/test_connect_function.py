@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.stub import Stubber
 
 from tts_stream import config, streams
@@ -70,7 +70,7 @@ class DynamoThatStalls(ThreadingHTTPServer):
 
     def __init__(self, answer_for_s: float):
         super().__init__(("127.0.0.1", 0), _Stalling)
-        self.answer_for_s, self.first, self.requests = answer_for_s, None, 0
+        self.answer_for_s, self.first, self.requests, self.stalled = answer_for_s, None, 0, 0
         self.release = threading.Event()
 
     @property
@@ -87,6 +87,7 @@ class _Stalling(BaseHTTPRequestHandler):
         now = time.monotonic()
         self.server.first = self.server.first or now
         if now - self.server.first > self.server.answer_for_s:
+            self.server.stalled += 1
             self.server.release.wait(30)  # a request that never gets its answer
             return
         ms = str(time.time_ns() // 1_000_000)
@@ -105,30 +106,41 @@ class _Stalling(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stalling_dynamodb(monkeypatch):
-    server = DynamoThatStalls(answer_for_s=3.0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    servers = []
+
+    def start(answer_for_s):
+        server = DynamoThatStalls(answer_for_s)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        return server
+
     for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
-    yield server
-    server.release.set()
-    server.shutdown()
-    server.server_close()
+    yield start
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
 
 
-def test_dynamodb_stalling_at_the_end_of_the_longest_wait_still_lets_the_reply_reach_connect_in_time(
-        stalling_dynamodb):
+@pytest.mark.parametrize("remaining_ms, answer_for_s, stalled", [(8000, 3.0, 2), (6000, 3.3, 0)],
+                         ids=["stall-at-the-end-of-the-wait", "invocation-started-late"])
+def test_dynamodb_stalling_during_the_longest_wait_still_lets_the_reply_reach_connect_in_time(
+        stalling_dynamodb, remaining_ms, answer_for_s, stalled):
     # Given ConnectFunction's own clients, the longest batch wait the template allows, and a DynamoDB that stops
-    # answering 3 s into it (a dead pooled connection, just as the wait is ending)
+    # answering part way through it (a dead pooled connection)
+    server = stalling_dynamodb(answer_for_s)
     started = time.monotonic()
-    reply = streams.handle(streams.aws_clients(), settings(BATCH_WAIT_MS="3500"), EVENT, remaining_ms=8000)
+    reply = streams.handle(streams.aws_clients(), settings(BATCH_WAIT_MS="3500"), EVENT, remaining_ms=remaining_ms)
     elapsed = time.monotonic() - started
-    # Then the function gave up on that read (two tries), paced its "ask again" up to its own deadline (8 s less
-    # the 500 ms kept for the reply) and replied inside Connect's 8 s; botocore's defaults (60 s per read, up to 10
-    # tries) would have run it out of time, and the caller into the apology
-    assert stalling_dynamodb.requests >= 3
-    assert reply["Final"] == "false" and reply["NextIndex"] == "2" and "ask again" in reply["Error"]
-    assert elapsed < 7.8
+    # Then the function replied inside its deadline (the invocation's time less the 500 ms kept for the reply):
+    # a read that met the stall was sent twice, no more, and its "ask again" paced up to the deadline; and a wait
+    # left room for such a read, so an invocation that began late stopped polling before the stall could matter.
+    # botocore's defaults (60 s per read, up to 10 tries) would have run it out of time, the caller into the apology
+    assert server.stalled == stalled
+    assert reply["Final"] == "false" and reply["NextIndex"] == "2"
+    assert elapsed < (remaining_ms - 500) / 1000 + 0.3
 
 
 @pytest.mark.parametrize("workflow_input, code, status, kept", [
@@ -146,6 +158,8 @@ def test_a_failed_start_is_kept_only_when_a_second_start_cannot_do_harm(workflow
         sfn_stub.add_client_error("start_execution", code, http_status_code=status)
         if kept:
             ddb_stub.add_response("update_item", {})
+        else:  # the stream is ended instead (here it is not found: nothing to fail)
+            ddb_stub.add_response("get_item", {})
         clients = streams.Clients(ddb, None, sfn)
         if kept:
             streams._start_or_keep(clients, settings(STATE_MACHINE_ARN="arn:aws:states:us-east-1:1:stateMachine:s"),
@@ -157,3 +171,53 @@ def test_a_failed_start_is_kept_only_when_a_second_start_cannot_do_harm(workflow
                 streams._start_or_keep(clients, settings(STATE_MACHINE_ARN="arn:aws:states:us-east-1:1:stateMachine:s"),
                                        STREAM, workflow_input)
         ddb_stub.assert_no_pending_responses()
+
+
+class SlowService(ThreadingHTTPServer):
+    """An AWS endpoint on 127.0.0.1 that answers each request after `delay_s`, and counts them."""
+
+    def __init__(self, delay_s: float):
+        super().__init__(("127.0.0.1", 0), _Slow)
+        self.delay_s, self.requests = delay_s, 0
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Slow(BaseHTTPRequestHandler):
+    server: SlowService
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests += 1
+        time.sleep(self.server.delay_s)
+        body = json.dumps({"executionArn": "arn:aws:states:us-east-1:1:execution:s:x", "startDate": 0}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the client gave up first
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_start_execution_that_answers_slowly_is_sent_once_never_twice():
+    # Given Step Functions answering later than ConnectFunction's read timeout
+    server = SlowService(delay_s=1.3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sfn = boto3.client("stepfunctions", region_name="us-east-1", endpoint_url=server.url,
+                           aws_access_key_id="x", aws_secret_access_key="x", config=streams.START_CONFIG)
+        # When ConnectFunction's client starts an execution, it gives up without sending it again: an Express
+        # execution is not deduplicated by name, and a second one would speak the answer (or ask the bot) twice
+        with pytest.raises(BotoCoreError):
+            sfn.start_execution(stateMachineArn="arn:aws:states:us-east-1:1:stateMachine:s", name="n", input="{}")
+        assert server.requests == 1
+    finally:
+        server.shutdown()
+        server.server_close()
