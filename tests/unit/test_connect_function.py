@@ -64,26 +64,61 @@ def test_the_pause_never_runs_past_connects_deadline():
     assert clock.slept == [1.5]
 
 
-class DynamoThatStalls(ThreadingHTTPServer):
-    """DynamoDB on 127.0.0.1 that answers every GetItem with a stream still waiting for part 2, until
-    `answer_for_s` after its first request; from then on it takes requests and never answers."""
+class Loopback(ThreadingHTTPServer):
+    """An AWS endpoint on 127.0.0.1, serving on a thread of its own, counting requests."""
 
-    def __init__(self, answer_for_s: float):
-        super().__init__(("127.0.0.1", 0), _Stalling)
-        self.answer_for_s, self.first, self.requests, self.stalled = answer_for_s, None, 0, 0
-        self.release = threading.Event()
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        self.requests = 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
     def url(self):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
+    def stop(self):
+        self.shutdown()
+        self.server_close()
 
-class _Stalling(BaseHTTPRequestHandler):
-    server: DynamoThatStalls
+
+class Counting(BaseHTTPRequestHandler):
+    """Reads each request, counts it, and leaves the answer to `respond`."""
 
     def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         self.server.requests += 1
+        self.respond()
+
+    def log_message(self, *args):
+        pass
+
+
+def answer_json(handler: BaseHTTPRequestHandler, payload: dict):
+    body = json.dumps(payload).encode()
+    try:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/x-amz-json-1.0")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+    except OSError:
+        pass  # the client gave up first
+
+
+class DynamoThatStalls(Loopback):
+    """DynamoDB that answers every GetItem with a stream still waiting for part 2, until `answer_for_s` after its
+    first request; from then on it takes requests and never answers."""
+
+    def __init__(self, answer_for_s: float):
+        self.answer_for_s, self.first, self.stalled = answer_for_s, None, 0
+        self.release = threading.Event()
+        super().__init__(_Stalling)
+
+
+class _Stalling(Counting):
+    server: DynamoThatStalls
+
+    def respond(self):
         now = time.monotonic()
         self.server.first = self.server.first or now
         if now - self.server.first > self.server.answer_for_s:
@@ -91,17 +126,9 @@ class _Stalling(BaseHTTPRequestHandler):
             self.server.release.wait(30)  # a request that never gets its answer
             return
         ms = str(time.time_ns() // 1_000_000)
-        item = {"stream_id": {"S": STREAM}, "status": {"S": "streaming"}, "total": {"N": "3"},
-                "ready": {"M": {"0": {"N": ms}, "1": {"N": ms}}}, "keys": {"M": {}}, "created_ms": {"N": ms}}
-        body = json.dumps({"Item": item}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-amz-json-1.0")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        answer_json(self, {"Item": {"stream_id": {"S": STREAM}, "status": {"S": "streaming"}, "total": {"N": "3"},
+                                    "ready": {"M": {"0": {"N": ms}, "1": {"N": ms}}}, "keys": {"M": {}},
+                                    "created_ms": {"N": ms}}})
 
 
 @pytest.fixture
@@ -110,7 +137,6 @@ def stalling_dynamodb(monkeypatch):
 
     def start(answer_for_s):
         server = DynamoThatStalls(answer_for_s)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
         return server
@@ -120,8 +146,7 @@ def stalling_dynamodb(monkeypatch):
     yield start
     for server in servers:
         server.release.set()
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 @pytest.mark.parametrize("remaining_ms, answer_for_s, stalled", [(8000, 3.0, 2), (6000, 3.3, 0)],
@@ -173,43 +198,25 @@ def test_a_failed_start_is_kept_only_when_a_second_start_cannot_do_harm(workflow
         ddb_stub.assert_no_pending_responses()
 
 
-class SlowService(ThreadingHTTPServer):
-    """An AWS endpoint on 127.0.0.1 that answers each request after `delay_s`, and counts them."""
+class SlowService(Loopback):
+    """Step Functions answering each request after `delay_s`."""
 
     def __init__(self, delay_s: float):
-        super().__init__(("127.0.0.1", 0), _Slow)
-        self.delay_s, self.requests = delay_s, 0
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        self.delay_s = delay_s
+        super().__init__(_Slow)
 
 
-class _Slow(BaseHTTPRequestHandler):
+class _Slow(Counting):
     server: SlowService
 
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.requests += 1
+    def respond(self):
         time.sleep(self.server.delay_s)
-        body = json.dumps({"executionArn": "arn:aws:states:us-east-1:1:execution:s:x", "startDate": 0}).encode()
-        try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-amz-json-1.0")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the client gave up first
-
-    def log_message(self, *args):
-        pass
+        answer_json(self, {"executionArn": "arn:aws:states:us-east-1:1:execution:s:x", "startDate": 0})
 
 
 def test_a_start_execution_that_answers_slowly_is_sent_once_never_twice():
     # Given Step Functions answering later than ConnectFunction's read timeout
     server = SlowService(delay_s=1.3)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         sfn = boto3.client("stepfunctions", region_name="us-east-1", endpoint_url=server.url,
                            aws_access_key_id="x", aws_secret_access_key="x", config=streams.START_CONFIG)
@@ -219,5 +226,4 @@ def test_a_start_execution_that_answers_slowly_is_sent_once_never_twice():
             sfn.start_execution(stateMachineArn="arn:aws:states:us-east-1:1:stateMachine:s", name="n", input="{}")
         assert server.requests == 1
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
