@@ -14,7 +14,8 @@ Item attributes:
                     often a part is delivered)
     failed_index    the lowest index that failed for good; error: what went wrong
     kept_starts     workflow inputs whose StartExecution failed, until a Connect request starts them (rare);
-                    taken_starts, taken_by: the last ones taken, and the token of the request that took them
+                    taken_starts, taken_by: the last ones taken, and the token of the request that took them;
+                    claimed_by: the token of the last claim to restart a stuck start
     begun_by        a token of the request that created the item: the SDK resending a create whose answer was
                     lost finds its own token, and knows the stream is its own (not someone else's retry)
     created_ms, expires_at (TTL, epoch seconds)
@@ -148,7 +149,7 @@ def _conflict(stream_id: str) -> StreamConflict:
 # A stream is created where there is none, or where one has outlived its TTL (DynamoDB deletes it late), and then
 # nothing of the old one may remain.
 _NEW_OR_EXPIRED = "attribute_not_exists(stream_id) OR expires_at <= :now_s"
-_LEFTOVERS = "failed_index, #error, kept_starts"
+_LEFTOVERS = "failed_index, #error, kept_starts, taken_starts, taken_by, claimed_by"
 
 
 def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_hours: int) -> tuple[bool, Manifest]:
@@ -253,12 +254,12 @@ def claim_restart(ddb, table: str, stream_id: str, *, now_ms: int, after_ms: int
     return _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
-        "UpdateExpression": "SET start_attempt_ms = :now",
+        "UpdateExpression": "SET start_attempt_ms = :now, claimed_by = :token",
         # ... or this very claim, applied already: the SDK resends a write whose answer was lost
-        "ConditionExpression": "#status = :starting AND (start_attempt_ms < :cutoff OR start_attempt_ms = :now)",
+        "ConditionExpression": "#status = :starting AND (start_attempt_ms < :cutoff OR claimed_by = :token)",
         "ExpressionAttributeNames": {"#status": "status"},
         "ExpressionAttributeValues": {":starting": {"S": STATUS_STARTING}, ":now": {"N": str(now_ms)},
-                                      ":cutoff": {"N": str(now_ms - after_ms)}},
+                                      ":cutoff": {"N": str(now_ms - after_ms)}, ":token": {"S": uuid.uuid4().hex}},
     })
 
 

@@ -265,11 +265,13 @@ def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, s
             passing = "question" not in workflow_input and isinstance(error, (BotoConnectionError, HTTPClientError))
         if not passing:
             # Nothing will start it: the stream ends now, so a retry or a re-asked question reads `failed` (the
-            # apology) instead of waiting out the stream's timeout in silence.
-            try:
-                manifest.fail_stream(clients.ddb, settings.table_name, stream_id, "its workflow did not start")
-            except (ClientError, BotoCoreError):
-                logger.warning("could not mark the stream failed; it ends at its timeout", exc_info=True)
+            # apology) instead of waiting out the stream's timeout in silence. Not when the request was sent and
+            # no answer came: then the execution is probably running, and a retry of the turn will hear it.
+            if not isinstance(error, HTTPClientError):
+                try:
+                    manifest.fail_stream(clients.ddb, settings.table_name, stream_id, "its workflow did not start")
+                except (ClientError, BotoCoreError):
+                    logger.warning("could not mark the stream failed; it ends at its timeout", exc_info=True)
             raise
         logger.warning("the workflow did not start; the next request for this stream starts it", exc_info=True)
         if not manifest.keep_start(clients.ddb, settings.table_name, stream_id, workflow_input):

@@ -227,3 +227,29 @@ def test_a_start_execution_that_answers_slowly_is_sent_once_never_twice():
         assert server.requests == 1
     finally:
         server.stop()
+
+
+def test_a_chat_start_sent_but_unanswered_leaves_the_turn_to_the_execution_that_probably_runs():
+    # Given a chat turn whose StartExecution was sent and got no answer in time (it is probably running)
+    server = SlowService(delay_s=1.3)
+    keys = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    sfn = boto3.client("stepfunctions", endpoint_url=server.url, config=streams.START_CONFIG, **keys)
+    ddb = boto3.client("dynamodb", **keys)
+    manifest_calls = []
+
+    def record(model, **_):
+        manifest_calls.append(model.name)
+        return {}  # answered here: nothing leaves the machine
+
+    ddb.meta.events.register("before-call.dynamodb", record)
+    turn = {"stream_id": STREAM, "question": "Hello?", "contact_id": "c", "turn": 1}
+    try:
+        # When the start fails that way, the caller is told (the apology) ...
+        with pytest.raises(BotoCoreError):
+            streams._start_or_keep(streams.Clients(ddb, None, sfn),
+                                   settings(STATE_MACHINE_ARN="arn:aws:states:us-east-1:1:stateMachine:s"), STREAM, turn)
+    finally:
+        server.stop()
+    # ... but neither kept (a second start would ask the bot again) nor failed: the running execution's answer
+    # stays for a retry of the turn
+    assert manifest_calls == []
