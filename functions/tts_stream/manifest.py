@@ -158,8 +158,7 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
 
     Raises StreamConflict when the id is taken by a different input: reusing it would mix two answers.
     """
-    token = uuid.uuid4().hex
-    created = _conditional(ddb, {
+    existing = _create(ddb, table, stream_id, input_hash, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :starting, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
@@ -170,22 +169,30 @@ def begin(ddb, table: str, stream_id: str, input_hash: str, *, now_ms: int, ttl_
                                                            "#engine", "#voice", "#language", "#error")},
         "ExpressionAttributeValues": {
             ":starting": {"S": STATUS_STARTING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
-            ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}}, ":token": {"S": token},
+            ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)}, ":empty": {"M": {}},
             ":now_s": {"N": str(now_ms // 1000)},
         },
     })
-    existing = None if created else read(ddb, table, stream_id)
-    if created or _ours(existing, token):
+    if existing is None:
         return True, Manifest(stream_id, STATUS_STARTING, input_hash, created_ms=now_ms, start_attempt_ms=now_ms)
-    if existing is None or existing.input_hash != input_hash:
-        raise _conflict(stream_id)
     return False, existing
 
 
-def _ours(existing: "Manifest | None", token: str) -> bool:
-    """Whether a create that failed its condition had in fact been applied by this very request: the SDK resends
-    a write whose answer was lost (a timeout), and the resend finds the item the first send made."""
-    return existing is not None and existing.begun_by == token
+def _create(ddb, table: str, stream_id: str, input_hash: str, request: dict) -> Manifest | None:
+    """Run a stream's conditional create (`request` sets `begun_by = :token`). None if this request created the
+    stream, its first send included: the SDK resends a write whose answer was lost, and the resend finds the
+    item the first send made, with this request's token. Otherwise the stream as an earlier request with the same
+    input made it; StreamConflict if the id is taken by a different input."""
+    token = uuid.uuid4().hex
+    request["ExpressionAttributeValues"][":token"] = {"S": token}
+    if _conditional(ddb, request):
+        return None
+    existing = read(ddb, table, stream_id)
+    if existing is not None and existing.begun_by == token:
+        return None
+    if existing is None or existing.input_hash != input_hash:
+        raise _conflict(stream_id)
+    return existing
 
 
 # What planning a stream sets, whether it is planned as it is created (begin_planned) or later (plan).
@@ -207,8 +214,7 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
     it splits itself: (True, manifest) if this call created it, (False, manifest) for a retry of the same
     input; StreamConflict if the id is taken by a different input. Cached parts (index -> key) start ready."""
     cached = cached or {}
-    token = uuid.uuid4().hex
-    created = _conditional(ddb, {
+    existing = _create(ddb, table, stream_id, input_hash, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET #status = :streaming, input_hash = :h, created_ms = :now, start_attempt_ms = :now, "
@@ -221,19 +227,16 @@ def begin_planned(ddb, table: str, stream_id: str, input_hash: str, *, texts: li
             ":streaming": {"S": STATUS_STREAMING}, ":h": {"S": input_hash}, ":now": {"N": str(now_ms)},
             ":exp": {"N": str(now_ms // 1000 + ttl_hours * 3600)},
             ":ready": {"M": {str(i): {"N": str(now_ms)} for i in cached}},
-            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}}, ":token": {"S": token},
+            ":keys": {"M": {str(i): {"S": key} for i, key in cached.items()}},
             ":now_s": {"N": str(now_ms // 1000)},
             **_plan_values(texts, engine, voice, language, engine_settings),
         },
     })
-    existing = None if created else read(ddb, table, stream_id)
-    if created or _ours(existing, token):
+    if existing is None:
         return True, _settled(Manifest(
             stream_id, STATUS_STREAMING, input_hash, start_attempt_ms=now_ms, total=len(texts), engine=engine,
             voice=voice, language=language, ready=dict.fromkeys(cached, now_ms), keys=dict(cached),
             engine_settings=dict(engine_settings or {}), created_ms=now_ms, texts=list(texts)))
-    if existing is None or existing.input_hash != input_hash:
-        raise _conflict(stream_id)
     return False, existing
 
 
