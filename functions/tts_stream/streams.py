@@ -259,10 +259,11 @@ def _start_or_keep(clients, settings, stream_id: str, workflow_input: dict, *, s
     try:
         (start or (lambda: _start_workflow(clients, settings, stream_id, workflow_input)))()
     except (ClientError, BotoCoreError) as error:
+        asks_bot = "question" in workflow_input  # a chat turn
         if isinstance(error, ClientError):
-            passing = is_throttling(error) if "question" in workflow_input else is_transient_aws_error(error)
+            passing = is_throttling(error) if asks_bot else is_transient_aws_error(error)
         else:  # the network: no answer (a chat turn's may have started), or no connection at all
-            passing = "question" not in workflow_input and isinstance(error, (BotoConnectionError, HTTPClientError))
+            passing = not asks_bot and isinstance(error, (BotoConnectionError, HTTPClientError))
         if not passing:
             # Nothing will start it: the stream ends now, so a retry or a re-asked question reads `failed` (the
             # apology) instead of waiting out the stream's timeout in silence. Not when the request was sent and
