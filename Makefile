@@ -69,6 +69,9 @@ demo: $(VENV)/.installed
 	@echo "== 3. A conversation with a local chatbot, three questions; the caller interrupts the second answer"
 	$(PY) -m localcloud call --question "When will my order arrive?" --question "Tell me everything about your plans" \
 		--question "환불은 어떻게 하나요?" --press 1:0:500 --speed 2 --out out/demo/conversation.wav
+	@echo "== 4. A Korean caller: the flow's own prompts follow the contact's language (ko-KR)"
+	$(PY) -m localcloud call --language ko-KR --question "영업시간이 어떻게 되나요?" --question "안녕히 계세요" \
+		--speed 2 --out out/demo/conversation-ko.wav
 
 test: setup lint
 	PATH="$(CURDIR)/$(SAM_VENV)/bin:$$PATH" $(PY) -m pytest

@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     asked.add_argument("--text", help="the answer the caller hears (contact attribute AnswerText)")
     asked.add_argument("--question", action="append", help="talk to the chatbot: one question per turn (repeatable)")
     call.add_argument("--chat-url", default="", help="your chatbot (default: a built-in bot on 127.0.0.1)")
+    call.add_argument("--language", default=phone.DEFAULT_LANGUAGE, choices=sorted(phone.GOODBYE_UTTERANCES),
+                      help="the contact's language, as a Set voice block before the flow sets it: the flow's own "
+                           "prompts and the bot's locale follow it (default en-US)")
     call.add_argument("--press", action="append", default=[], metavar="TURN:PART[:MS]",
                       help="press 1 during part PART of the answer to question TURN (from 0): barge-in")
     call.add_argument("--out", type=Path, default=Path("out/call.wav"), help="what the caller heard (default out/call.wav)")
@@ -149,10 +152,11 @@ def _call(cloud, args, out) -> int:
             print(f"error: --press {error}", file=sys.stderr)
             return 2
         result = _with_faults(cloud, args, lambda: runs.run_chat_call(
-            cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out))
+            cloud, args.question, presses=presses, speed=args.speed, out_wav=args.out, language=args.language))
         _print(result, runs.describe_chat_call, args, out)
         return 0 if result["ended_by"] == "EndCall" else 1
-    result = _with_faults(cloud, args, lambda: runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out))
+    result = _with_faults(cloud, args, lambda: runs.run_call(cloud, args.text, speed=args.speed, out_wav=args.out,
+                                                             language=args.language))
     _print(result, runs.describe_call, args, out)
     return 0 if result["final"] and result["status"] == "complete" else 1
 

@@ -2,7 +2,7 @@
 
 Connect cannot run locally, so this interpreter executes the few action types our flows use, under Connect's
 data rules: a parameter may be one JSONPath into the flow data (`$.Attributes.X`, `$.External.X`, `$.Lex.X`,
-`$.ContactId`), only the most recent Lambda reply is kept as `$.External`, and a block that fails takes its Error
+`$.ContactId`, `$.LanguageCode`), only the most recent Lambda reply is kept as `$.External`, and a block that fails takes its Error
 branch.
 
 A scripted `Caller` talks to the flow. Get customer input with a Lex V2 bot (ConnectParticipantWithLexBot) hears the
@@ -43,11 +43,17 @@ MAX_LOOP_COUNT = 100
 DTMF_KEYS = frozenset("0123456789*#")
 ULAW_BYTES_PER_MS = 8  # 8 kHz, one byte per sample
 
-# The simulated Lex V2 bot (what the chat flow's admin builds): these utterances match the Goodbye intent, anything
-# else the FallbackIntent, whose code hook sets QUESTION_ATTRIBUTE to the transcript and HEARD_ATTRIBUTE to yes/no.
+# The simulated Lex V2 bot (what the chat flow's admin builds), with a locale per caller language: Connect talks to
+# the locale of the contact's language. These utterances match the Goodbye intent, anything else the FallbackIntent,
+# whose code hook sets QUESTION_ATTRIBUTE to the transcript and HEARD_ATTRIBUTE to yes/no.
 GOODBYE_INTENT = "Goodbye"
 FALLBACK_INTENT = "FallbackIntent"
-GOODBYE_UTTERANCES = frozenset({"goodbye", "bye", "bye bye", "that's all", "that is all", "no thanks", "nothing else"})
+GOODBYE_UTTERANCES = {
+    "en-US": frozenset({"goodbye", "bye", "bye bye", "that's all", "that is all", "no thanks", "nothing else"}),
+    "ko-KR": frozenset({"안녕히 계세요", "그만할게요", "끝", "없어요", "됐어요"}),
+}
+DEFAULT_LANGUAGE = "en-US"  # a contact's language until a flow sets it
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}-[A-Z]{2}")
 QUESTION_ATTRIBUTE = "Question"
 HEARD_ATTRIBUTE = "Heard"
 SILENCE_RESULTS = ("fallback", "timeout")
@@ -98,12 +104,15 @@ class Caller:
 
     `silence` is how the Lex block reports a caller who says nothing: "fallback" (the FallbackIntent with an empty
     transcript) or "timeout" (its InputTimeLimitExceeded error). Which one Connect does is not documented, so a flow
-    should handle both. The utterances in GOODBYE_UTTERANCES match the bot's Goodbye intent.
+    should handle both. The utterances in GOODBYE_UTTERANCES[language] match the bot's Goodbye intent.
+
+    `language` is the contact's language (`$.LanguageCode`) as an earlier flow set it, e.g. "ko-KR".
     """
 
     questions: Sequence[str | None] = ()
     presses: Sequence[KeyPress] = ()
     silence: str = "fallback"
+    language: str = DEFAULT_LANGUAGE
 
     def __post_init__(self):
         if isinstance(self.questions, str) or not all(
@@ -111,6 +120,8 @@ class Caller:
             raise ValueError(f"questions must be a list of non-empty strings or None, got {self.questions!r}")
         if self.silence not in SILENCE_RESULTS:
             raise ValueError(f"silence must be one of {SILENCE_RESULTS}, got {self.silence!r}")
+        if not (isinstance(self.language, str) and _LANGUAGE_CODE.fullmatch(self.language)):
+            raise ValueError(f"language must be a language code such as en-US or ko-KR, got {self.language!r}")
         seen = [(press.turn, press.part) for press in self.presses]
         if len(seen) != len(set(seen)):
             raise ValueError(f"at most one key press per part of a turn, got {list(self.presses)!r}")
@@ -453,7 +464,12 @@ class _Call:
             self.lex = {"SessionAttributes": dict(self.lex_session)}
             return self.error_branch(action, "InputTimeLimitExceeded")
 
-        intent = GOODBYE_INTENT if _normalized(question or "") in GOODBYE_UTTERANCES else FALLBACK_INTENT
+        goodbyes = GOODBYE_UTTERANCES.get(self.caller.language)
+        if goodbyes is None:  # Connect talks to the bot's locale for the contact's language; this bot has none
+            self.report.errors.append(f"{name}: the bot has no locale for the contact's language "
+                                      f"{self.caller.language} (it has {', '.join(GOODBYE_UTTERANCES)})")
+            return self.error_branch(action)
+        intent = GOODBYE_INTENT if _normalized(question or "") in goodbyes else FALLBACK_INTENT
         if intent == FALLBACK_INTENT:  # the FallbackIntent's code hook
             self.lex_session[QUESTION_ATTRIBUTE] = question or ""
             self.lex_session[HEARD_ATTRIBUTE] = "yes" if question else "no"
@@ -593,7 +609,8 @@ class _Call:
             return value
         if not _JSONPATH.fullmatch(value):
             raise FlowError(f"{name}: {value!r} mixes text and JSONPath; only whole-value JSONPaths are run here")
-        node: Any = {**self.contact_data(), "External": self.external, "Lex": self.lex}
+        node: Any = {**self.contact_data(), "LanguageCode": self.caller.language, "External": self.external,
+                     "Lex": self.lex}
         for dotted, bracketed in _SEGMENT.findall(value[1:]):
             key = dotted or bracketed
             if not isinstance(node, dict) or key not in node:

@@ -101,15 +101,17 @@ def fetch_part(cloud, url: str) -> bytes:
         return response.read()
 
 
-def run_call(cloud, text: str, *, speed: float = 1.0, out_wav: Path | None = None) -> dict:
-    """Simulate one phone call through the template's contact flow and report what the caller heard."""
+def run_call(cloud, text: str, *, speed: float = 1.0, out_wav: Path | None = None,
+             language: str = phone.DEFAULT_LANGUAGE) -> dict:
+    """Simulate one phone call through the template's contact flow and report what the caller heard.
+    `language` is the contact's language, which picks the flow's own prompts."""
     contact_id = str(uuid.uuid4())
     calls_before = cloud.aws_calls.snapshot()
     started_ms = time.time_ns() // 1_000_000
     report = phone.simulate_call(
         template_flow(cloud.template), contact_id=contact_id, attributes={"AnswerText": text},
         invoke_lambda=lambda arn, event: cloud.invoke("ConnectFunction", event),
-        fetch_part=lambda url: fetch_part(cloud, url), speed=speed,
+        fetch_part=lambda url: fetch_part(cloud, url), speed=speed, caller=phone.Caller(language=language),
     )
     wait_for_executions(cloud)
     result = report.to_json()
@@ -177,9 +179,11 @@ def chat_flow(template) -> dict:
         template.parameters["LexBotAliasArn"] = saved
 
 
-def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0, out_wav: Path | None = None) -> dict:
+def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0, out_wav: Path | None = None,
+                  language: str = phone.DEFAULT_LANGUAGE) -> dict:
     """Simulate a conversation through the template's chat flow: the caller asks each question in turn
-    (pressing keys as `presses` say), then says nothing, and the flow ends the call."""
+    (pressing keys as `presses` say), then says nothing, and the flow ends the call. `language` is the
+    contact's language: the flow's prompts and the bot's locale follow it."""
     contact_id = str(uuid.uuid4())
     calls_before = cloud.aws_calls.snapshot()
     started_ms = time.time_ns() // 1_000_000
@@ -187,7 +191,7 @@ def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0
         chat_flow(cloud.template), contact_id=contact_id, attributes={},
         invoke_lambda=lambda arn, event: cloud.invoke("ConnectFunction", event),
         fetch_part=lambda url: fetch_part(cloud, url), speed=speed,
-        caller=phone.Caller(questions=list(questions), presses=list(presses)),
+        caller=phone.Caller(questions=list(questions), presses=list(presses), language=language),
     )
     wait_for_executions(cloud)
     result = report.to_json()
@@ -210,7 +214,8 @@ def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0
 
 
 def describe_chat_call(result: dict) -> str:
-    lines = [f"call {result['contact_id']}: {len(result['turns'])} questions, ended by {result['ended_by']}, "
+    asked = len(result["turns"])
+    lines = [f"call {result['contact_id']}: {asked} question{'' if asked == 1 else 's'}, ended by {result['ended_by']}, "
              f"{result['lambda_invocations']} Lambda invocations"]
     for turn in result["turns"]:
         lines.append(f"Q{turn['turn']}: {turn['question']}")

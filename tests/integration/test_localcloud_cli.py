@@ -1,5 +1,6 @@
 """The localcloud commands a user runs: `start` serves an endpoint that plain boto3 uses, `invoke` is the
-`sam local invoke` of this project, `stream` runs one stream, and `flow` prints an importable flow."""
+`sam local invoke` of this project, `stream` runs one stream, `call` runs a phone call through a flow, and `flow`
+prints an importable flow."""
 
 import json
 import socket
@@ -90,6 +91,23 @@ def test_stream_saves_the_parts_and_prints_the_manifest(tmp_path):
     report = json.loads(done.stdout)
     assert report["status"] == "complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"part{i:04d}.wav" for i in range(report["total"])]
+
+
+def test_call_speaks_the_flows_prompts_in_the_contacts_language(tmp_path):
+    done = run("call", "--question", "환불은 어떻게 하나요?", "--question", "안녕히 계세요", "--language", "ko-KR",
+               "--speed", "40", "--out", str(tmp_path / "call.wav"), "--json")
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["messages"] == ["안녕하세요! 무엇이 궁금하신가요? 제가 답하는 동안 1번을 누르시면 멈출게요.",
+                                  "더 궁금하신 게 있으신가요?", "전화해 주셔서 감사합니다. 안녕히 계세요."]
+    assert [t["question"] for t in report["turns"]] == ["환불은 어떻게 하나요?"]
+    assert report["turns"][0]["status"] == "complete" and report["ended_by"] == "EndCall"
+
+
+def test_call_refuses_a_language_the_local_bot_has_no_locale_for():
+    done = run("call", "--question", "こんにちは", "--language", "ja-JP")
+    assert done.returncode == 2 and "invalid choice: 'ja-JP'" in done.stderr
 
 
 def test_parameter_overrides_are_checked_against_the_template():

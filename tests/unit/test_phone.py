@@ -150,10 +150,34 @@ def test_every_lambda_and_play_error_goes_to_the_apology_then_hangs_up(flow):
     actions = actions_of(flow)
     for block in lambda_blocks(flow) + play_part_blocks(flow):
         assert block["Transitions"]["Errors"] == [{"NextAction": "Fallback", "ErrorType": "NoMatchingError"}]
-    fallback = actions["Fallback"]
+    for apology in ("FallbackEnglish", "FallbackKorean"):
+        assert actions[apology]["Type"] == "MessageParticipant" and actions[apology]["Parameters"]["Text"]
+        assert actions[actions[apology]["Transitions"]["NextAction"]]["Type"] == "DisconnectParticipant"
 
-    assert fallback["Type"] == "MessageParticipant" and fallback["Parameters"]["Text"]
-    assert actions[fallback["Transitions"]["NextAction"]]["Type"] == "DisconnectParticipant"
+
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+
+
+def test_the_apology_is_spoken_in_the_contacts_language(flow):
+    fallback = actions_of(flow)["Fallback"]
+
+    assert fallback["Type"] == "Compare" and fallback["Parameters"]["ComparisonValue"] == "$.LanguageCode"
+    assert [(c["Condition"]["Operands"], c["NextAction"]) for c in fallback["Transitions"]["Conditions"]] == [
+        (["ko-KR"], "FallbackKorean")]
+    assert fallback["Transitions"]["NextAction"] == "FallbackEnglish"
+    assert HANGUL.search(text_of(flow, "FallbackKorean")) and text_of(flow, "FallbackKorean").endswith("안녕히 계세요.")
+    assert text_of(flow, "FallbackEnglish").isascii() and text_of(flow, "FallbackEnglish").endswith("Goodbye.")
+
+
+@pytest.mark.parametrize("language, apology", [("en-US", "FallbackEnglish"), ("ko-KR", "FallbackKorean"),
+                                               ("ja-JP", "FallbackEnglish")])
+def test_a_caller_hears_the_apology_in_their_language(flow, language, apology):
+    lam = ScriptedLambda(reply(status="error", final=True, error="The stream cannot be read."))
+
+    report = call(flow, lam, caller=Caller(language=language))
+
+    assert report.messages == [text_of(flow, apology)]
+    assert report.path == ["StartStream", "SaveProgress", "CheckStatus", "Fallback", apology, "EndAfterFallback"]
 
 
 # --- calls through the flow --------------------------------------------------------------------------------
@@ -259,7 +283,7 @@ def test_an_error_status_plays_the_apology_and_hangs_up(flow, status):
 
     assert report.parts == [] and report.ttfa_ms is None
     assert report.status == status and report.final is True
-    assert report.messages == [actions_of(flow)["Fallback"]["Parameters"]["Text"]]
+    assert report.messages == [text_of(flow, "FallbackEnglish")]
     assert report.ended_by == "EndAfterFallback"
 
 
@@ -270,7 +294,7 @@ def test_a_failed_stream_plays_its_parts_then_the_apology(flow):
     report = call(flow, lam, {url: part_wav()})
 
     assert [part["url"] for part in report.parts] == [url]
-    assert report.messages == [actions_of(flow)["Fallback"]["Parameters"]["Text"]]
+    assert report.messages == [text_of(flow, "FallbackEnglish")]
     assert report.ended_by == "EndAfterFallback"
 
 
@@ -279,7 +303,7 @@ def test_a_lambda_that_raises_goes_to_the_apology(flow):
 
     report = call(flow, lam)
 
-    assert report.path == ["StartStream", "Fallback", "EndAfterFallback"]
+    assert report.path == ["StartStream", "Fallback", "FallbackEnglish", "EndAfterFallback"]
     assert "RuntimeError: Task timed out" in report.errors[0]
 
 
@@ -393,12 +417,18 @@ def part_blocks(flow):
     return [a for a in flow["Actions"] if a["Type"] == "GetParticipantInput" and "Media" in a["Parameters"]]
 
 
-def listen_prompt(flow, identifier):
-    return actions_of(flow)[identifier]["Parameters"]["Attributes"]["ListenPrompt"]
+def said(flow, value, prompts="EnglishPrompts"):
+    """What a prompt value says: itself, or the *Text attribute it reads as the `prompts` block sets it."""
+    attribute = re.fullmatch(r"\$\.Attributes\.(\w+Text)", value)
+    return actions_of(flow)[prompts]["Parameters"]["Attributes"][attribute.group(1)] if attribute else value
 
 
-def text_of(flow, identifier):
-    return actions_of(flow)[identifier]["Parameters"]["Text"]
+def listen_prompt(flow, identifier, prompts="EnglishPrompts"):
+    return said(flow, actions_of(flow)[identifier]["Parameters"]["Attributes"]["ListenPrompt"], prompts)
+
+
+def text_of(flow, identifier, prompts="EnglishPrompts"):
+    return said(flow, actions_of(flow)[identifier]["Parameters"]["Text"], prompts)
 
 
 def errors_of(action):
@@ -696,6 +726,65 @@ def test_saying_goodbye_ends_the_call(chat_flow):
     assert report.path[-2:] == ["SayGoodbye", "EndCall"]
 
 
+def test_the_chat_flow_picks_its_prompts_by_the_contacts_language(chat_flow):
+    actions = actions_of(chat_flow)
+    pick = actions[chat_flow["StartAction"]]
+    english = actions["EnglishPrompts"]["Parameters"]["Attributes"]
+    korean = actions["KoreanPrompts"]["Parameters"]["Attributes"]
+    read = set(re.findall(r"\$\.Attributes\.(\w+Text)\b", json.dumps(chat_flow)))
+
+    assert pick["Type"] == "Compare" and pick["Parameters"]["ComparisonValue"] == "$.LanguageCode"
+    assert [(c["Condition"]["Operands"], c["NextAction"]) for c in pick["Transitions"]["Conditions"]] == [
+        (["ko-KR"], "KoreanPrompts")]
+    assert pick["Transitions"]["NextAction"] == "EnglishPrompts"
+    assert {actions[block]["Transitions"]["NextAction"] for block in ("EnglishPrompts", "KoreanPrompts")} == {
+        "PromptFirst"}
+    assert set(english) == set(korean) == read, "every prompt the flow reads is set in both languages"
+    assert all(text.isascii() for text in english.values())
+    assert all(HANGUL.search(text) for text in korean.values())
+    assert not [a["Identifier"] for a in chat_flow["Actions"] if a["Type"] == "MessageParticipant"
+                and not a["Parameters"]["Text"].startswith("$.Attributes.")], "a prompt spoken in one language only"
+
+
+def test_a_korean_caller_hears_the_flows_prompts_in_korean_and_can_say_goodbye_in_korean(chat_flow):
+    urls = urls_of("stream-1", 1)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls, next_index=1, final=True))
+
+    report = chat_call(chat_flow, lam, urls, Caller(questions=["영업시간이 어떻게 되나요?", "안녕히 계세요."],
+                                                    language="ko-KR"))
+
+    assert lambda_params(lam)[0]["Question"] == "영업시간이 어떻게 되나요?"
+    assert report.messages == [listen_prompt(chat_flow, "PromptFirst", "KoreanPrompts"),
+                               listen_prompt(chat_flow, "PromptAgain", "KoreanPrompts"),
+                               text_of(chat_flow, "SayGoodbye", "KoreanPrompts")]
+    assert report.messages[-1] == "전화해 주셔서 감사합니다. 안녕히 계세요."
+    assert report.path[:3] == ["PickLanguage", "KoreanPrompts", "PromptFirst"] and report.ended_by == "EndCall"
+
+
+def test_english_goodbyes_do_not_end_a_korean_call_nor_korean_ones_an_english_call(chat_flow):
+    urls = urls_of("stream-1", 1) + urls_of("stream-2", 1)
+    lam = ScriptedLambda(chat_reply(status="complete", urls=urls[:1], next_index=1, final=True),
+                         chat_reply(turn="2", stream_id="stream-2", status="complete", urls=urls[1:], next_index=1,
+                                    final=True))
+
+    korean = chat_call(chat_flow, lam, urls, Caller(questions=["Goodbye"], language="ko-KR"))
+    english = chat_call(chat_flow, lam, urls, Caller(questions=["안녕히 계세요"]))
+
+    assert [t["question"] for t in korean.turns + english.turns] == ["Goodbye", "안녕히 계세요"]
+    assert "SayGoodbye" not in korean.path + english.path
+
+
+def test_a_contact_language_the_bot_has_no_locale_for_fails_the_listen_block(chat_flow):
+    lam = ScriptedLambda()
+
+    report = chat_call(chat_flow, lam, caller=Caller(questions=["こんにちは"], language="ja-JP"))
+
+    assert report.lambda_invocations == 0 and report.turns == []
+    assert report.messages[0] == listen_prompt(chat_flow, "PromptFirst", "EnglishPrompts")
+    assert "no locale for the contact's language ja-JP" in report.errors[0]
+    assert report.ended_by == "EndCall"
+
+
 def test_the_chat_report_is_json_with_its_turns(chat_flow):
     urls = urls_of("stream-1", 2)
     lam = ScriptedLambda(chat_reply(urls=urls, next_index=2), stop_reply())
@@ -715,7 +804,9 @@ def test_the_chat_report_is_json_with_its_turns(chat_flow):
     lambda: Caller(questions="one question"),
     lambda: Caller(silence="hang up"),
     lambda: Caller(presses=[KeyPress(0, 1), KeyPress(0, 1, after_ms=5)]),
-], ids=["key", "turn", "questions-string", "silence", "two-presses"])
+    lambda: Caller(language="korean"),
+    lambda: Caller(language="ko-kr"),
+], ids=["key", "turn", "questions-string", "silence", "two-presses", "language-name", "language-case"])
 def test_a_caller_script_that_cannot_happen_is_refused(bad):
     with pytest.raises(ValueError):
         bad()
