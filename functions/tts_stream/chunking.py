@@ -94,16 +94,17 @@ _PRIORITY_SPACE = 1
 _PRIORITY_GLUED = 0
 _CUT_PATTERNS = (
     (re.compile(r"[;:] "), _PRIORITY_SEMICOLON),
-    (re.compile(r"(?:[,、，]| [-–—]|—) "), _PRIORITY_COMMA),
+    # Not a comma between two numbers: "March 15, 2024" and "1, 2 or 3" are one thing to a listener.
+    (re.compile(r"(?:(?<!\d)[,、，]|[,、，](?! \d)| [-–—]|—) "), _PRIORITY_COMMA),
     # Cut before an English conjunction, after a Korean connective ending (먹고, 하며, 했는데, 좋지만, 발송되어).
     (re.compile(
         r" (?=(?:and|but|or|so|because|which|while|although|though|whereas|unless|until|since|if|when"
         r"|where|then|yet)\b)",
         re.IGNORECASE,
     ), _PRIORITY_CONNECTIVE),
-    # "하고 있습니다", "하고 싶어요" and "하고 계십니다" are one verb, not two clauses.
-    (re.compile(r"[가-힣](?:(?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나) |고 (?!있|계|싶))"),
-     _PRIORITY_CONNECTIVE),
+    # "하고 있습니다", "하고 싶어요" and "하고 계십니다" are one verb, not two clauses; 최고, 재고, 광고 ... are nouns.
+    (re.compile(r"[가-힣](?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나) "), _PRIORITY_CONNECTIVE),
+    (re.compile(r"[가-힣](?<![최창재광경원금잔공참])고 (?!있|계|싶)"), _PRIORITY_CONNECTIVE),
     # Cut after a Korean subject/object/adverbial particle (상품은, 내일까지).
     (re.compile(r"[가-힣](?:은|는|이|가|을|를|에|에서|에게|께서|으로|로|와|과|도|까지|부터) "), _PRIORITY_PHRASE),
 )
@@ -113,7 +114,7 @@ _PHRASE_WORDS = frozenset({"the", "a", "an", "to", "of", "for", "in", "on", "at"
 _WORD_AFTER_SPACE = re.compile(r"(?<= )[A-Za-z]+\b")
 
 # Markdown, line by line (block syntax) and inline.
-_FENCE_LINE = re.compile(r"^\s*(?:```|~~~)")
+_FENCE_LINE = re.compile(r"^\s*(?:```|~~~)[\w+.-]*\s*$")  # a fence marker alone; "```reset``` then ..." is code inline
 _RULE_LINE = re.compile(r"^\s*([-*_])(?:\s*\1){2,}\s*$")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
 _BLOCKQUOTE = re.compile(r"^\s*(?:>\s?)+")
@@ -123,10 +124,14 @@ _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _INLINE_CODE = re.compile(r"`+([^`]+?)`+")
 _STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_EMPHASIS = re.compile(r"\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")
+_EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
 _STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
+# Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
+# names ("smiling face with smiling eyes"), which no answer meant. Dingbat digits (❶-➓) stay.
+_PICTOGRAPHS = re.compile("[\U0001F000-\U0001FAFF\u2600-\u2775\u2794-\u27BF\u2B00-\u2BFF\u200D\uFE0E\uFE0F"
+                          "\u20E3\U000E0020-\U000E007F]+")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -134,9 +139,10 @@ def normalize_for_speech(text: str) -> str:
     """Return the text a voice should read: Markdown removed, whitespace collapsed to single spaces.
 
     Headings, bullets, blockquotes, fences, emphasis, inline code and link targets are removed, and so
-    is struck-out text; numbered-list markers stay because "1." is spoken naturally. A heading or list
-    line without final punctuation gets a period when more text follows, so the voice pauses between
-    items instead of running "Hours We open at 9" together. Plain single-spaced text comes back unchanged.
+    is struck-out text and emoji; numbered-list markers stay because "1." is spoken naturally. A heading or
+    list line without final punctuation gets a period when more text follows, and so does a line that leads
+    into a list, so the voice pauses between items instead of running "Hours We open at 9" together. Plain
+    single-spaced text comes back unchanged.
 
     The cleanup repeats until nothing changes, which makes the function idempotent even for nested
     Markdown such as `**[bold link](url)**`.
@@ -150,14 +156,16 @@ def normalize_for_speech(text: str) -> str:
 
 
 def _normalize_once(text: str) -> str:
-    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+    text = _PICTOGRAPHS.sub("", unicodedata.normalize("NFC", text).translate(_INVISIBLE))
     blocks = [_strip_block_markdown(line) for line in text.splitlines()]
     kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
-    last_spoken = max((index for index, (line, _) in enumerate(kept) if line.strip()), default=-1)
+    spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
+    next_spoken = dict(zip(spoken_lines, spoken_lines[1:]))  # each spoken line -> the next one, if any
     spoken = []
     for index, (line, is_item) in enumerate(kept):
         words = line.strip()
-        if is_item and index < last_spoken and words and not _ENDS_WITH_PUNCTUATION.search(words):
+        leads_on = index in next_spoken and (is_item or kept[next_spoken[index]][1])
+        if leads_on and not _ENDS_WITH_PUNCTUATION.search(words):
             line = line.rstrip() + "."
         spoken.append(line)
     return _WHITESPACE.sub(" ", " ".join(spoken)).strip()
@@ -316,6 +324,8 @@ def _classify(text: str, match: re.Match) -> str:
         return _GLUED  # "Steps: 1. Open the app. 2. Tap Settings.", a Korean date "2024. 3. 15."
     if token.lower() in _TITLES:
         return _GLUED  # "Dr. Kim", "Prof. Han": pysbd never splits after a title either
+    if token.lower() in _EXTRA_ABBREVIATIONS:
+        return _GLUED  # "incl. VAT", "approx. USD 20": pysbd does not know these, so it would always split
     if _is_abbreviation(token):
         return _ASK if following.isupper() else _GLUED  # "9 a.m. Please"? / "approx. 20", "5 p.m. 주문하신"
     return _PAUSE if following.islower() else _SPLIT
