@@ -17,10 +17,11 @@ from tts_stream.errors import InvalidInput, RetryableError, StreamCancelled, aws
 
 LANGUAGES = ("auto", "en", "ko")
 _VOICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+.-]{0,63}")
-# Tab, newline and carriage return are whitespace to a reader; other control characters are not text at all.
 _HASH = re.compile(r"[0-9a-f]{64}")
 MAX_QUESTION_CHARS = 2000
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Tab, newline, carriage return and NEL (U+0085) are whitespace to a reader; other control characters, C0 and C1
+# (U+0080-U+009F, e.g. Windows-1252 quotes decoded as Latin-1), are not text at all.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
 
 
 def input_hash(text: str, voice: str, language: str) -> str:

@@ -80,6 +80,8 @@ CONNECT_CASES = [
      "control characters"),
     ("text-terminal-escape", {"Action": "start_stream", "Text": "\x1b[2JHello.", "BatchSize": "5"}, "error",
      "control characters"),
+    ("text-c1-control", {"Action": "start_stream", "Text": "Your order\x9b has shipped.", "BatchSize": "5"}, "error",
+     "control characters"),
     ("text-lone-surrogate", {"Action": "start_stream", "Text": "Hello \ud800.", "BatchSize": "5"}, "error",
      "lone surrogate"),
     ("voice-injection", {"Action": "start_stream", "Text": "Hello.", "Voice": "en-us; rm -rf /", "BatchSize": "5"},
