@@ -49,11 +49,13 @@ def answer_for(question: str, history: list) -> str:
 
 @dataclass
 class Fault:
-    """Misbehave on the next `times` requests: delay, an HTTP status, a malformed body or a dropped connection."""
+    """Misbehave on the next `times` requests: delay, an HTTP status, a malformed body, a dropped connection, or
+    a reply sent one byte every `trickle_s` seconds."""
     delay_s: float = 0.0
     status: int = 200
     body: bytes | None = None
     drop: bool = False
+    trickle_s: float = 0.0
     times: int = 1
 
 
@@ -61,6 +63,7 @@ class Fault:
 class Bot:
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # each request's Authorization header
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_fault(self) -> Fault | None:
@@ -91,24 +94,34 @@ def _handler(bot: Bot):
                 return
             with bot.lock:
                 bot.requests.append(request)
+                bot.authorizations.append(self.headers.get("Authorization"))
             fault = bot.next_fault()
             if fault and fault.delay_s:
                 time.sleep(fault.delay_s)
             if fault and fault.drop:
                 self.connection.close()
                 return
+            trickle_s = fault.trickle_s if fault else 0.0
             if fault and (fault.status != 200 or fault.body is not None):
-                self._reply(fault.status, fault.body if fault.body is not None else b'{"error": "injected"}')
+                self._reply(fault.status, fault.body if fault.body is not None else b'{"error": "injected"}',
+                            trickle_s)
                 return
-            self._reply(200, json.dumps({"answer": answer_for(question, history)}, ensure_ascii=False).encode())
+            self._reply(200, json.dumps({"answer": answer_for(question, history)}, ensure_ascii=False).encode(),
+                        trickle_s)
 
-        def _reply(self, status, body):
+        def _reply(self, status, body, trickle_s=0.0):
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not trickle_s:
+                    self.wfile.write(body)
+                    return
+                for index in range(len(body)):
+                    self.wfile.write(body[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle_s)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (its timeout): nothing left to tell it
 

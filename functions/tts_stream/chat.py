@@ -8,10 +8,14 @@ import http.client
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_ANSWER_CHARS = 20000
+# The most a reply may hold: an answer of MAX_ANSWER_CHARS in JSON escapes (12 bytes for a character outside the
+# BMP, "\\ud83d\\ude00"; 6 for Hangul, as json.dumps writes it by default), and room for the rest of the object.
+MAX_REPLY_BYTES = MAX_ANSWER_CHARS * 12 + 4096
 APOLOGY = {
     "en": "Sorry, I couldn't get an answer just now. Please ask me again in a moment.",
     "ko": "죄송합니다. 지금은 답변을 가져오지 못했습니다. 잠시 후에 다시 물어봐 주세요.",
@@ -73,10 +77,13 @@ class HttpChat:
         kwargs = {"context": ssl.create_default_context()} if self.parts.scheme == "https" else {}
         connection = connection_class(self.parts.hostname, self.parts.port, timeout=self.timeout_s, **kwargs)
         path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
+        deadline = time.monotonic() + self.timeout_s
         try:
             connection.request("POST", path, body=body, headers=headers)
+            sock = connection.sock  # the response keeps reading from it after the connection lets go
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             response = connection.getresponse()
-            payload = response.read(MAX_ANSWER_CHARS * 4 + 4096)
+            payload = _read_body(response, sock, deadline)
         except (socket.timeout, TimeoutError):
             raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
         except OSError as error:
@@ -93,6 +100,26 @@ class HttpChat:
         return _answer_text(reply.get("answer") if isinstance(reply, dict) else None)
 
 
+def _read_body(response, sock, deadline: float) -> bytes:
+    """The whole reply by `deadline`: a socket timeout bounds each read only, so a bot sending a byte at a time
+    could hold the turn far past ChatTimeoutMs. ChatError past MAX_REPLY_BYTES."""
+    chunks, size = [], 0
+    while not response.isclosed():  # it closes (and lets go of the socket) once the whole body is read
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = response.read1(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise ChatError(f"the chatbot's reply is over {MAX_REPLY_BYTES} bytes; an answer is at most "
+                            f"{MAX_ANSWER_CHARS} characters")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class BedrockChat:
     """Amazon Bedrock's Converse API, for teams without a bot of their own."""
 
@@ -100,18 +127,23 @@ class BedrockChat:
     SYSTEM = ("You answer callers on a phone line. Reply in the caller's language (Korean or English) in a few "
               "short spoken sentences, with no Markdown, lists or URLs.")
 
-    def __init__(self, model_id: str, *, client=None, max_tokens: int = 400):
+    def __init__(self, model_id: str, *, client=None, max_tokens: int = 400, timeout_s: float = 20.0):
         if not model_id:
             raise ValueError("BedrockModelId is empty: set it to a model id your account can invoke")
-        self.model_id, self._client, self.max_tokens = model_id, client, max_tokens
+        self.model_id, self._client, self.max_tokens, self.timeout_s = model_id, client, max_tokens, timeout_s
 
     def ask(self, question: str, history: list[Exchange], *, contact_id: str = "", language: str = "") -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
         if self._client is None:
             import boto3
+            from botocore.config import Config
 
-            self._client = boto3.client("bedrock-runtime")
+            # Asked once, within ChatTimeoutMs: botocore's defaults (60 s to answer, 3 tries) would keep the caller
+            # in silence long after the apology was due.
+            self._client = boto3.client("bedrock-runtime", config=Config(
+                connect_timeout=min(self.timeout_s, 2.0), read_timeout=self.timeout_s,
+                retries={"mode": "standard", "total_max_attempts": 1}))
         messages = []
         for exchange in history:
             messages.append({"role": "user", "content": [{"text": exchange.question}]})

@@ -426,21 +426,10 @@ class HttpEngine:
         if self._auth is None:
             return None
         value = self._auth() if callable(self._auth) else self._auth
-        value = value.strip() if isinstance(value, str) else ""
-        # The value is a credential: say what is wrong with it, never what it is.
-        if not value:
-            raise PermanentSynthesisError("the TTS server's Authorization header value (TTS_AUTH_SECRET) is empty")
-        if value.startswith("{"):
-            raise PermanentSynthesisError(
-                "the TTS auth secret holds JSON: store the whole Authorization header value as plain text, "
-                "such as 'Bearer TOKEN'"
-            )
-        if not (value.isascii() and value.isprintable()):
-            raise PermanentSynthesisError(
-                "the TTS auth secret has characters an HTTP header cannot carry (line breaks, control or "
-                "non-ASCII characters): store only the header value, such as 'Bearer TOKEN'"
-            )
-        return value
+        try:
+            return secrets.header_value(value, "the TTS auth secret (TTS_AUTH_SECRET)")
+        except ValueError as error:
+            raise PermanentSynthesisError(str(error)) from None
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, http.client.HTTPMessage, bytes]:
         if self._https:

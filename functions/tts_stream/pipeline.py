@@ -378,9 +378,12 @@ def check_question(question, settings: Settings) -> str:
 
 def chat_backend(settings: Settings):
     if settings.chat_backend == "bedrock":
-        return chat.BedrockChat(settings.bedrock_model_id)
+        return chat.BedrockChat(settings.bedrock_model_id, timeout_s=settings.chat_timeout_ms / 1000)
     if settings.chat_backend == "http":
-        header = secrets.read_secret(settings.chat_auth_secret) if settings.chat_auth_secret else None
+        header = None
+        if settings.chat_auth_secret:  # a bad value is a ValueError that names the secret, never its value
+            header = secrets.header_value(secrets.read_secret(settings.chat_auth_secret),
+                                          "the chatbot's auth secret (CHAT_AUTH_SECRET)")
         return chat.HttpChat(settings.chat_url, timeout_s=settings.chat_timeout_ms / 1000, auth_header=header)
     raise InvalidInput(f"chat backend {settings.chat_backend!r} is not known; use http or bedrock")
 

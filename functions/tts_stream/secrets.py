@@ -1,4 +1,4 @@
-"""Read a secret (the TTS server's Authorization header) from Secrets Manager or an SSM SecureString.
+"""Read a secret (the TTS server's or the chatbot's Authorization header) from Secrets Manager or SSM.
 
 A reference is a Secrets Manager secret ARN or name, or `ssm:/parameter/name` for SSM Parameter Store.
 Values are cached per process for a few minutes: a warm Lambda does not call AWS for every part, and a
@@ -47,6 +47,21 @@ def read_secret(ref: str, *, secretsmanager=None, ssm=None, max_age_s: float = M
     value = _fetch(ref, secretsmanager, ssm)
     with _lock:
         _cache[ref] = (value, now)
+    return value
+
+
+def header_value(value, what: str) -> str:
+    """A secret that is an HTTP Authorization header value, stripped of surrounding whitespace (a stored trailing
+    newline). Raises ValueError saying what is wrong with it, never what it is: `what` names the secret."""
+    value = value.strip() if isinstance(value, str) else ""
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if value.startswith("{"):
+        raise ValueError(f"{what} holds JSON: store the whole Authorization header value as plain text, "
+                         "such as 'Bearer TOKEN'")
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(f"{what} has characters an HTTP header cannot carry (line breaks, control or non-ASCII "
+                         "characters): store only the header value, such as 'Bearer TOKEN'")
     return value
 
 

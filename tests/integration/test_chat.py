@@ -10,7 +10,8 @@ from botocore.exceptions import ClientError
 
 from localcloud import chatbot, faults, runs
 from localcloud.phone import KeyPress
-from tts_stream import chat, engines, manifest
+from tts_stream import chat, engines, manifest, pipeline
+from tts_stream.config import load as load_settings
 
 
 @pytest.fixture
@@ -180,3 +181,23 @@ def test_pressing_a_key_stops_the_answer_and_its_synthesis(cloud, bot, setting, 
     # and the next question is answered normally
     assert spoken(second) == chatbot.answer_for("What are your opening hours?", [])
     assert all(i is not None for i in second["indexes"])
+
+
+@pytest.mark.parametrize("stored, sent", [("Bearer s3cr3t-TOKEN\n", "Bearer s3cr3t-TOKEN"),
+                                          ("Bearer s3cr3t-TOKEN\r\nX-Injected: 1", None)],
+                         ids=["trailing-newline", "header-injection"])
+def test_the_chat_auth_secret_is_sent_stripped_and_a_bad_one_is_never_logged(cloud, bot, setting, stored, sent):
+    # Given the chatbot's Authorization header value stored in Secrets Manager, as an operator pasted it
+    name = f"chat-auth-{uuid.uuid4().hex[:8]}"
+    cloud.client("secretsmanager").create_secret(Name=name, SecretString=stored)
+    setting("CHAT_AUTH_SECRET", name)
+    contact = str(uuid.uuid4())
+    event = {"stream_id": f"{contact}-t1", "contact_id": contact, "turn": 1, "question": "Where is my order?"}
+
+    asked = pipeline.ask_chatbot(cloud.client("dynamodb"), load_settings(), event, now_ms=time.time_ns() // 1_000_000)
+
+    if sent:  # a stored trailing newline is not part of the value
+        assert bot.authorizations == [sent] and asked["chat_error"] == ""
+    else:  # a value no header can carry is the apology, named but never quoted (chat_error is logged)
+        assert bot.authorizations == [] and asked["text"] == chat.APOLOGY["en"]
+        assert "CHAT_AUTH_SECRET" in asked["chat_error"] and "s3cr3t" not in asked["chat_error"]

@@ -1,12 +1,19 @@
-"""Chatbot backends and the Lex hook, without AWS: history bounds, Bedrock's Converse via a botocore Stubber,
-and the hook that hands the caller's words to the flow."""
+"""Chatbot backends and the Lex hook, without AWS: history bounds, Bedrock's Converse via a botocore Stubber (and
+a loopback endpoint that never answers), the HTTP backend against a real bot on 127.0.0.1, and the hook that
+hands the caller's words to the flow."""
+
+import json
+import socket
+import threading
+import time
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
 import lex
-from tts_stream.chat import BedrockChat, ChatError, Exchange, bounded_history
+from localcloud import chatbot
+from tts_stream.chat import MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
 
 
 def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
@@ -74,3 +81,58 @@ def test_the_lex_hook_hands_the_transcript_to_the_flow_and_closes_the_intent():
 def test_the_lex_hook_reports_silence_as_not_heard(event):
     state = lex.close(event)["sessionState"]
     assert state["sessionAttributes"]["Heard"] == "no" and state["sessionAttributes"]["Question"] == ""
+
+
+# --- the HTTP backend against a real bot on 127.0.0.1 ------------------------------------------------------
+
+
+@pytest.fixture
+def http_bot():
+    server, bot, url = chatbot.serve()
+    yield bot, url
+    server.shutdown()
+
+
+def test_a_long_korean_answer_in_json_escapes_is_read_whole(http_bot):
+    # json.dumps escapes Hangul by default: 6 bytes a character, 102,600 bytes for this answer within the contract
+    bot, url = http_bot
+    answer = "가나다라마바사아자차" * 1710
+    bot.faults.append(chatbot.Fault(body=json.dumps({"answer": answer}).encode()))
+
+    assert HttpChat(url, timeout_s=10).ask("길게 설명해 주세요.", []) == answer
+
+
+def test_a_reply_bigger_than_any_answer_is_refused_as_too_large_not_as_bad_json(http_bot):
+    bot, url = http_bot
+    bot.faults.append(chatbot.Fault(body=b'{"answer": "' + b"x" * MAX_REPLY_BYTES + b'"}'))
+
+    with pytest.raises(ChatError, match=f"over {MAX_REPLY_BYTES} bytes"):
+        HttpChat(url, timeout_s=10).ask("Tell me everything.", [])
+
+
+def test_a_bot_trickling_its_reply_is_cut_off_at_the_chat_timeout(http_bot):
+    bot, url = http_bot
+    bot.faults.append(chatbot.Fault(body=b'{"answer": "This arrives one byte at a time."}', trickle_s=0.05))
+
+    began = time.monotonic()
+    with pytest.raises(ChatError, match="did not answer within 0.5 s"):
+        HttpChat(url, timeout_s=0.5).ask("Hello?", [])
+    assert time.monotonic() - began < 1.5, "each byte came within the socket timeout, but the whole reply did not"
+
+
+def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
+    # Given a Bedrock endpoint on 127.0.0.1 that accepts connections and never answers
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(3)], daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+
+    began = time.monotonic()
+    with pytest.raises(ChatError, match="could not be reached: ReadTimeoutError"):
+        BedrockChat("model-x", timeout_s=0.5).ask("Hello?", [])
+    assert time.monotonic() - began < 2.0
+    assert len(accepted) == 1, "asked once: a second try would outlast ChatTimeoutMs"
+    listener.close()
