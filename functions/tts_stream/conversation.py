@@ -55,22 +55,28 @@ def start_turn(ddb, table: str, contact_id: str, previous_turn: int, question_ha
     return turn, item.get("current_stream", {}).get("S")
 
 
-def history(ddb, table: str, contact_id: str) -> list[Exchange]:
-    """Earlier exchanges of this contact, oldest first."""
+def history(ddb, table: str, contact_id: str, before_turn: int) -> dict[int, Exchange]:
+    """This contact's exchanges of turns before `before_turn`, by turn, oldest first (never the turn itself,
+    which a retried step may already have recorded)."""
     item = ddb.get_item(TableName=table, Key={"contact_id": {"S": contact_id}}, ConsistentRead=True).get("Item", {})
     turns = sorted((int(name[5:]), value["M"]) for name, value in item.items() if name.startswith("turn_"))
-    return [Exchange(value["question"]["S"], value["answer"]["S"]) for _, value in turns]
+    return {turn: Exchange(value["question"]["S"], value["answer"]["S"]) for turn, value in turns
+            if turn < before_turn}
 
 
-def record_exchange(ddb, table: str, contact_id: str, turn: int, question: str, answer: str, *, keep_turns: int,
-                    now_ms: int, ttl_hours: int) -> None:
-    """Add this turn's exchange and drop the one that falls out of the window, in one write; not if a newer
-    turn has started meanwhile (the caller moved on and never heard this answer)."""
-    names = {"#t": f"turn_{turn}"}
+def record_exchange(ddb, table: str, contact_id: str, turn: int, question: str, answer: str, *, earlier_turns,
+                    keep_turns: int, now_ms: int, ttl_hours: int) -> None:
+    """Add this turn's exchange and forget the `earlier_turns` that fall out of the last `keep_turns` exchanges,
+    in one write; not if a newer turn has started meanwhile (the caller moved on and never heard this answer).
+    Turns without an exchange (an apology) leave no gap in the window. Nothing is kept when keep_turns is 0."""
+    if keep_turns <= 0:
+        return
+    earlier = sorted(earlier_turns)
+    forget = earlier[:max(0, len(earlier) - (keep_turns - 1))]
+    names = {"#t": f"turn_{turn}", **{f"#old{i}": f"turn_{old}" for i, old in enumerate(forget)}}
     update = "SET #t = :qa, expires_at = :exp"
-    if turn - keep_turns > 0:
-        update += " REMOVE #old"
-        names["#old"] = f"turn_{turn - keep_turns}"
+    if forget:
+        update += " REMOVE " + ", ".join(f"#old{i}" for i in range(len(forget)))
     try:
         ddb.update_item(
             TableName=table, Key={"contact_id": {"S": contact_id}},

@@ -81,15 +81,21 @@ class Split:
     keys: list[str]
 
 
-def split_answer(settings: Settings, text: str, voice: str, language: str) -> Split:
-    """Split the answer into parts and resolve its voice; the same text and settings always split the same way,
-    in ConnectFunction and in Plan alike."""
+def part_texts(settings: Settings, text: str) -> list[str]:
+    """The answer's parts as they will be spoken; InvalidInput if there is nothing to speak or too much."""
     texts = chunking.split_for_speech(text, first_max=settings.first_chunk_max_chars,
                                       target=settings.chunk_target_chars, max_len=settings.chunk_max_chars)
     if not texts:
         raise InvalidInput("text has nothing to speak once markup and whitespace are removed")
     if len(texts) > MAX_PARTS:
         raise InvalidInput(f"text makes {len(texts)} parts; the most a stream holds is {MAX_PARTS}")
+    return texts
+
+
+def split_answer(settings: Settings, text: str, voice: str, language: str) -> Split:
+    """Split the answer into parts and resolve its voice; the same text and settings always split the same way,
+    in ConnectFunction and in Plan alike."""
+    texts = part_texts(settings, text)
     engine = engines.get_engine(settings.tts_engine, settings)  # an unknown engine fails the plan, not every part
     language, voice = choose_voice(text, voice, language, settings, engine)
     identity = engine.identity()
@@ -406,14 +412,16 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
     spoken_language = language if language != "auto" else ("en" if chunking.detect_language(question) == "en" else "ko")
     failure = history_error = ""
     with aws_errors_as_retryable():  # a throttled read is asked again before the bot is: nothing spent yet
-        earlier = conversation.history(ddb, settings.conversation_table, contact_id)
+        earlier = conversation.history(ddb, settings.conversation_table, contact_id, before_turn=turn)
     try:
         bot = backend or chat_backend(settings)
-        past = chat.bounded_history(earlier, max_turns=settings.history_turns, max_chars=settings.history_chars)
+        past = chat.bounded_history(list(earlier.values()), max_turns=settings.history_turns,
+                                    max_chars=settings.history_chars)
         answer = bot.ask(question, past, contact_id=contact_id, language=spoken_language)
-        # The bot's answer is input like any other: text the pipeline would refuse becomes the apology here,
-        # in the stream's voice, not a failed stream.
+        # The bot's answer is input like any other: text the pipeline would refuse (or that holds nothing to
+        # speak, such as only markup) becomes the apology here, in the stream's voice, not a failed stream.
         answer = check_content(answer[:settings.max_text_chars], "", "auto", settings)[0]
+        part_texts(settings, answer)
     except (chat.ChatError, ValueError) as error:
         answer, failure = chat.APOLOGY[spoken_language], str(error)
     else:
@@ -421,7 +429,7 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
         # side effect twice) for a write whose loss only shortens the next turn's history by this exchange.
         try:
             conversation.record_exchange(ddb, settings.conversation_table, contact_id, turn, question, answer,
-                                         keep_turns=settings.history_turns, now_ms=now_ms,
+                                         earlier_turns=earlier, keep_turns=settings.history_turns, now_ms=now_ms,
                                          ttl_hours=settings.manifest_ttl_hours)
         except (ClientError, BotoCoreError) as error:
             history_error = f"{type(error).__name__}: {aws_error(error)[0] or error}"

@@ -40,22 +40,53 @@ def test_a_flow_that_missed_a_reply_still_gets_a_fresh_turn(talk):
     assert talk(0, "h-second") == (2, f"{talk.contact}-t1")
 
 
+def record(talk, turn, question, answer, keep=6):
+    earlier = conversation.history(talk.ddb, talk.table, talk.contact, before_turn=turn)
+    conversation.record_exchange(talk.ddb, talk.table, talk.contact, turn, question, answer, earlier_turns=earlier,
+                                 keep_turns=keep, now_ms=now_ms(), ttl_hours=1)
+
+
+def questions(talk, before_turn=1000):
+    return [e.question for e in conversation.history(talk.ddb, talk.table, talk.contact, before_turn).values()]
+
+
 def test_an_answer_is_not_remembered_once_a_newer_turn_has_started(talk):
     talk(0, "h-a")
     talk(1, "h-b")
-    conversation.record_exchange(talk.ddb, talk.table, talk.contact, 1, "old question", "old answer", keep_turns=6,
-                                 now_ms=now_ms(), ttl_hours=1)
-    conversation.record_exchange(talk.ddb, talk.table, talk.contact, 2, "new question", "new answer", keep_turns=6,
-                                 now_ms=now_ms(), ttl_hours=1)
-    assert [e.question for e in conversation.history(talk.ddb, talk.table, talk.contact)] == ["new question"]
+    record(talk, 1, "old question", "old answer")
+    record(talk, 2, "new question", "new answer")
+    assert questions(talk) == ["new question"]
 
 
 def test_history_keeps_only_the_last_turns(talk):
     for turn in range(1, 9):
         talk(turn - 1, f"h-{turn}")
-        conversation.record_exchange(talk.ddb, talk.table, talk.contact, turn, f"q{turn}", f"a{turn}", keep_turns=3,
-                                     now_ms=now_ms(), ttl_hours=1)
-    assert [e.question for e in conversation.history(talk.ddb, talk.table, talk.contact)] == ["q6", "q7", "q8"]
+        record(talk, turn, f"q{turn}", f"a{turn}", keep=3)
+    assert questions(talk) == ["q6", "q7", "q8"]
+
+
+def test_history_keeps_the_last_exchanges_across_a_turn_without_one(talk):
+    # Turn 4 was an apology: nothing recorded. Turn 1 must still fall out of a window of three exchanges.
+    for turn in (1, 2, 3, 5):
+        talk(turn - 1, f"h-{turn}")
+        record(talk, turn, f"q{turn}", f"a{turn}", keep=3)
+    item = talk.ddb.get_item(TableName=talk.table, Key={"contact_id": {"S": talk.contact}})["Item"]
+    assert questions(talk) == ["q2", "q3", "q5"]
+    assert sorted(name for name in item if name.startswith("turn_")) == ["turn_2", "turn_3", "turn_5"]
+
+
+def test_a_turn_is_never_its_own_history(talk):
+    # A retried step finds its own exchange already recorded: the bot must not hear its question as the past
+    talk(0, "h-1")
+    record(talk, 1, "Where is my order?", "It ships Monday.")
+    assert questions(talk, before_turn=1) == []
+    assert questions(talk, before_turn=2) == ["Where is my order?"]
+
+
+def test_no_history_is_kept_when_history_turns_is_zero(talk):
+    talk(0, "h-1")
+    record(talk, 1, "q1", "a1", keep=0)  # no write at all: SET and REMOVE of one turn would be refused
+    assert questions(talk) == []
 
 
 def test_cache_keys_differ_by_engine_settings_voice_and_text_but_not_spacing():

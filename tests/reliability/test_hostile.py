@@ -13,7 +13,7 @@ import pytest
 from localcloud import runs
 from localcloud.cloud import FunctionError
 from tests.reliability.checks import CACHE_PREFIX, bucket_keys, read_manifest, store_is_sound
-from tts_stream import pipeline
+from tts_stream import conversation, pipeline
 from tts_stream.config import load as load_settings
 from tts_stream.errors import InvalidInput
 
@@ -255,7 +255,11 @@ class Bot:
     "\x1b[2JCleared screen.",
     "Cut\x00 short.",
     "Lone \ud800 surrogate.",
-], ids=["plain", "markup", "too-long", "bell", "terminal-escape", "nul", "lone-surrogate"])
+    "Windows\x92 quote.",
+    "---",
+    "~~All of it struck out.~~",
+], ids=["plain", "markup", "too-long", "bell", "terminal-escape", "nul", "lone-surrogate", "c1-control",
+        "only-a-rule", "only-struck-out"])
 def test_whatever_the_chatbot_answers_the_turn_has_something_to_speak(cloud, answer):
     ddb, settings = cloud.client("dynamodb"), load_settings()
     contact = str(uuid.uuid4())
@@ -263,5 +267,9 @@ def test_whatever_the_chatbot_answers_the_turn_has_something_to_speak(cloud, ans
     asked = pipeline.ask_chatbot(ddb, settings, event, now_ms=time.time_ns() // 1_000_000, backend=Bot(answer))
     try:
         pipeline.check_stream_request({"stream_id": asked["stream_id"], "text": asked["text"]}, settings)
+        pipeline.part_texts(settings, asked["text"])  # what Plan splits: something to speak
     except InvalidInput as error:
         raise AssertionError(f"the turn cannot be spoken: {error}") from error
+    # An answer turned into the apology is not remembered as what the bot said
+    remembered = conversation.history(ddb, settings.conversation_table, contact, before_turn=2)
+    assert [e.answer for e in remembered.values()] == ([] if asked["chat_error"] else [asked["text"]])
