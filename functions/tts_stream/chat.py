@@ -6,6 +6,7 @@ apology in the stream's voice, so a caller never meets silence or a dropped call
 
 import http.client
 import json
+import re
 import socket
 import ssl
 import time
@@ -162,4 +163,11 @@ class BedrockChat:
             text = "".join(block.get("text", "") for block in content)
         except (KeyError, TypeError):
             raise ChatError("Bedrock's reply has no message") from None
+        if response.get("stopReason") == "max_tokens":  # cut off mid-sentence: speak the whole sentences only
+            whole = _WHOLE_SENTENCES.match(text.strip())
+            text = whole.group(0) if whole else text
         return _answer_text(text)
+
+
+# Everything up to the last sentence end (a closing quote or bracket after it included).
+_WHOLE_SENTENCES = re.compile(r"(?s).*[.!?…。！？][\"'”’)\]]*(?=\s|$)")

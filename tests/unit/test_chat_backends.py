@@ -136,3 +136,16 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     assert time.monotonic() - began < 2.0
     assert len(accepted) == 1, "asked once: a second try would outlast ChatTimeoutMs"
     listener.close()
+
+
+@pytest.mark.parametrize("text, spoken", [
+    ("It ships on Monday. It should arrive by Fri", "It ships on Monday."),
+    ("월요일에 발송됩니다. 금요일까지 도착할 예", "월요일에 발송됩니다."),
+    ("A sentence cut off before its e", "A sentence cut off before its e"),  # nothing whole: better than nothing
+])
+def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
+    client, stub = bedrock
+    stub.add_response("converse", {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "max_tokens",
+        "usage": {"inputTokens": 1, "outputTokens": 400, "totalTokens": 401}, "metrics": {"latencyMs": 5}})
+    assert BedrockChat("model-x", client=client).ask("When?", []) == spoken
