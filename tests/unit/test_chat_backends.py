@@ -124,7 +124,15 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     # Given a Bedrock endpoint on 127.0.0.1 that accepts connections and never answers
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = []
-    threading.Thread(target=lambda: [accepted.append(listener.accept()) for _ in range(3)], daemon=True).start()
+
+    def accept():
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # the listener closed: the test is over
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", f"http://127.0.0.1:{listener.getsockname()[1]}")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
@@ -136,6 +144,8 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     assert time.monotonic() - began < 2.0
     assert len(accepted) == 1, "asked once: a second try would outlast ChatTimeoutMs"
     listener.close()
+    for connection in accepted:
+        connection.close()
 
 
 @pytest.mark.parametrize("text, spoken", [
