@@ -328,6 +328,8 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
     if not created:
         return None
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
+    if 0 in cached:  # playable the moment it was planned, as Plan counts a cached part 0
+        metrics.add_metric("TimeToFirstPart", MetricUnit.Milliseconds, 0)
     workflow_input = {**workflow_input, "input_hash": content_hash}
     inline = {**workflow_input, "first_part": pipeline.FIRST_PART_INLINE}
     starting = _Background(lambda: _start_workflow(clients, settings, stream_id, inline), "start-workflow") \

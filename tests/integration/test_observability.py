@@ -74,6 +74,18 @@ def test_a_stream_is_counted_as_planned_once(cloud, capfd, setting):
     assert sum(sum(v) if isinstance(v, list) else v for v in values) == 1
 
 
+def test_a_repeated_answer_from_the_prompt_cache_counts_its_first_part_as_ready_at_once(cloud, capfd):
+    text = f"Cached {uuid.uuid4().hex[:6]} answers start at once. They are counted too."
+    assert runs.run_call(cloud, text, speed=50)["final"]
+    capfd.readouterr()
+
+    assert runs.run_call(cloud, text, speed=50)["final"]  # every part from the cache: no engine, no workflow
+
+    values = [blob["TimeToFirstPart"] for blob in emf_blobs(capfd.readouterr().out) if "TimeToFirstPart" in blob]
+    flat = [value for each in values for value in (each if isinstance(each, list) else [each])]
+    assert flat == [0.0], "a cached first part is a stream whose first part was ready at once"
+
+
 def test_a_plan_delivered_twice_counts_its_stream_once(cloud, capfd):
     # Given a workflow started directly (no ConnectFunction planned its stream), whose Plan is delivered twice
     # (a Retry after a write that succeeded, or a duplicate start), the first run having spoken part 0 meanwhile
