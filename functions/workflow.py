@@ -82,8 +82,11 @@ def synthesize(event, context):
 @metrics.log_metrics
 def record_failure(event, context):
     result = pipeline.record_failure(_client("dynamodb"), config.load(), event)
-    # A part's failure, or (no index) the whole stream failing outside any part.
-    metrics.add_metric("PartFailures" if isinstance(result.get("index"), int) else "StreamsFailed", MetricUnit.Count, 1)
+    # A part's failure, or (no index) the whole stream failing outside any part; not a failure that changed
+    # nothing (the part was ready after all, or every part was: the stream completes).
+    if result["recorded"]:
+        metrics.add_metric("PartFailures" if isinstance(result.get("index"), int) else "StreamsFailed",
+                           MetricUnit.Count, 1)
     logger.warning("failure recorded", **result)
     return result
 
