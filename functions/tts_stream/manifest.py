@@ -365,42 +365,55 @@ def mark_part_failed(ddb, table: str, stream_id: str, index: int, message: str) 
     })
 
 
-def fail_stream(ddb, table: str, stream_id: str, message: str) -> bool:
+def fail_stream(ddb, table: str, stream_id: str, message: str, *, owned: range | None = None) -> bool:
     """The workflow failed outside any one part (bad input, a step that kept failing): the stream fails at its
-    first part that is not ready, so everything before it still plays. False if there is nothing to fail."""
+    first part that is not ready, so everything before it still plays. `owned`: the parts the failed run answers
+    for (default all; a part another run is speaking is not its failure). False if there is nothing to fail."""
     found = read(ddb, table, stream_id)
     if found is None or found.status in (STATUS_COMPLETE, STATUS_CANCELLED):
         return False
-    missing = [i for i in range(found.total or 0) if i not in found.ready]
+    missing = [i for i in range(found.total or 0) if i not in found.ready and (owned is None or i in owned)]
     first = missing[0] if missing else (0 if found.total is None else None)
     if first is None:
         return False  # every part is ready: finish() records it complete
     return mark_part_failed(ddb, table, stream_id, first, message)
 
 
+def still_plays(found: Manifest) -> bool:
+    """Parts of this stream may still be spoken: it is starting or streaming, or it failed after its first part
+    (the parts before the failure play first; part 0 may be a workflow run of its own)."""
+    return found.status in (STATUS_STARTING, STATUS_STREAMING) or (
+        found.status == STATUS_FAILED and bool(found.failed_index))
+
+
+# still_plays, as a condition on the item.
+_STILL_PLAYS = "(#status IN (:starting, :streaming) OR (#status = :failed AND failed_index > :zero))"
+_STILL_PLAYS_VALUES = {":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING},
+                       ":failed": {"S": STATUS_FAILED}, ":zero": {"N": "0"}}
+
+
 def keep_start(ddb, table: str, stream_id: str, workflow_input: dict) -> bool:
     """Keep a workflow input whose StartExecution failed, for the next request that reads the stream to start
-    (`take_starts`). False if the stream is no longer starting or streaming: nothing more of it will play."""
+    (`take_starts`). False if nothing more of the stream will play (`still_plays`)."""
     kept = json.dumps(workflow_input, ensure_ascii=False, sort_keys=True)
     if _conditional(ddb, {
         "TableName": table,
         "Key": {"stream_id": {"S": stream_id}},
         "UpdateExpression": "SET kept_starts = list_append(if_not_exists(kept_starts, :none), :input)",
         # Kept once, however often the write is sent (the SDK resends one whose answer was lost).
-        "ConditionExpression": "#status IN (:starting, :streaming) AND "
+        "ConditionExpression": f"{_STILL_PLAYS} AND "
                                "(attribute_not_exists(kept_starts) OR NOT contains(kept_starts, :one))",
         "ExpressionAttributeNames": {"#status": "status"},
-        "ExpressionAttributeValues": {
-            ":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING}, ":none": {"L": []},
-            ":input": {"L": [{"S": kept}]}, ":one": {"S": kept}},
+        "ExpressionAttributeValues": {**_STILL_PLAYS_VALUES, ":none": {"L": []}, ":input": {"L": [{"S": kept}]},
+                                      ":one": {"S": kept}},
     }):
         return True
     found = read(ddb, table, stream_id)
-    return found is not None and found.status in (STATUS_STARTING, STATUS_STREAMING)  # kept already
+    return found is not None and still_plays(found)  # kept already
 
 
 def take_starts(ddb, table: str, stream_id: str) -> list[dict]:
-    """The kept workflow inputs of a starting or streaming stream, removed in the same write: exactly one caller
+    """The kept workflow inputs of a stream that still plays, removed in the same write: exactly one caller
     gets them. They move to `taken_starts` under this call's token, so a resend of the write (its answer lost)
     still gets them back."""
     token = uuid.uuid4().hex
@@ -408,10 +421,9 @@ def take_starts(ddb, table: str, stream_id: str) -> list[dict]:
         item = ddb.update_item(
             TableName=table, Key={"stream_id": {"S": stream_id}},
             UpdateExpression="SET taken_by = :token, taken_starts = kept_starts REMOVE kept_starts",
-            ConditionExpression="attribute_exists(kept_starts) AND #status IN (:starting, :streaming)",
+            ConditionExpression=f"attribute_exists(kept_starts) AND {_STILL_PLAYS}",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":starting": {"S": STATUS_STARTING}, ":streaming": {"S": STATUS_STREAMING},
-                                       ":token": {"S": token}},
+            ExpressionAttributeValues={**_STILL_PLAYS_VALUES, ":token": {"S": token}},
             ReturnValues="ALL_NEW",  # UPDATED_NEW may leave out taken_starts when it equals the last ones taken
         )["Attributes"]
     except ddb.exceptions.ConditionalCheckFailedException:

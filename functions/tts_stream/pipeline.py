@@ -135,8 +135,11 @@ def plan_output(stream_id: str, planned: manifest.Manifest, settings: Settings, 
                 planned_here: bool, now_ms: int) -> dict:
     """What the Map needs: the parts still to synthesize in this run (see FIRST_PART_*); and for the metrics,
     whether this run's write planned the stream. InvalidInput if that is more than a workflow's state holds."""
-    # A stream that failed or was cancelled before this (repeated) plan has nothing left to synthesize.
-    todo = planned.texts if planned.texts is not None and planned.status == manifest.STATUS_STREAMING else []
+    # A stream cancelled before this (repeated) plan has nothing left to synthesize; one that failed still plays
+    # the parts before its failure (part 0, handed to a run of its own after a later part failed for good).
+    todo = planned.texts if planned.texts is not None and manifest.still_plays(planned) else []
+    if planned.status == manifest.STATUS_FAILED:
+        todo = todo[:planned.failed_index]
     owned = owned_parts(first, planned.total)
     parts = [part_item(stream_id, i, t, planned, cache_on=cache_on, now_ms=now_ms)
              for i, t in enumerate(todo) if i not in planned.ready and (owned is None or i in owned)]
@@ -323,8 +326,10 @@ def record_failure(ddb, settings: Settings, event) -> dict:
     with aws_errors_as_retryable():
         if isinstance(index, int) and not isinstance(index, bool):
             recorded = manifest.mark_part_failed(ddb, settings.table_name, stream_id, index, message)
-        else:
-            recorded = manifest.fail_stream(ddb, settings.table_name, stream_id, message)
+        else:  # a run speaking all but part 0 does not fail the part 0 ConnectFunction is still speaking
+            role = event.get("first_part") if isinstance(event.get("first_part"), str) else ""
+            owned = {FIRST_PART_INLINE: range(1, MAX_PARTS), FIRST_PART_ONLY: range(1)}.get(role)
+            recorded = manifest.fail_stream(ddb, settings.table_name, stream_id, message, owned=owned)
     return {"stream_id": stream_id, "index": index, "recorded": recorded, "error": message}
 
 

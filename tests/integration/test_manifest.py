@@ -7,7 +7,7 @@ import time
 import pytest
 from botocore.stub import Stubber
 
-from tts_stream import manifest, pipeline
+from tts_stream import batches, manifest, pipeline
 from tts_stream.config import load as load_settings
 from tts_stream.errors import InvalidInput, RetryableError, StreamConflict
 
@@ -378,3 +378,23 @@ class ResendsEveryWrite(ResendsCreates):
     def update_item(self, **request):
         self.real.update_item(**request)  # applied; its answer never arrives
         return self.real.update_item(**request)
+
+
+def test_a_run_that_fails_outside_its_parts_does_not_fail_a_part_another_run_is_speaking(ddb, table, stream_id):
+    # Given ConnectFunction still speaking part 0 when the run that speaks the rest fails for good (its Plan)
+    planned(ddb, table, stream_id, total=4)
+    assert manifest.fail_stream(ddb, table, stream_id, "Plan failed", owned=range(1, 4))
+    # Then the stream fails at part 1, and part 0, once ready, still plays before the apology
+    assert manifest.read(ddb, table, stream_id).failed_index == 1
+    assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    batch = batches.next_batch(manifest.read(ddb, table, stream_id), 0, 5, now_ms=now_ms(), timeout_ms=330_000)
+    assert batch.indexes == (0,) and batch.final and batch.status == "failed"
+
+
+@pytest.mark.parametrize("role, failed_at", [("inline", 1), ("only", 0), ("", 0), (["odd"], 0)])
+def test_record_failure_fails_a_stream_at_the_first_part_the_failed_run_answers_for(ddb, table, stream_id, role,
+                                                                                    failed_at):
+    planned(ddb, table, stream_id, total=4)
+    event = {"stream_id": stream_id, "first_part": role, "failure": {"Error": "States.TaskFailed", "Cause": "x"}}
+    assert pipeline.record_failure(ddb, load_settings(), event)["recorded"]
+    assert manifest.read(ddb, table, stream_id).failed_index == failed_at

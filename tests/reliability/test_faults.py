@@ -234,3 +234,55 @@ def test_a_throttle_of_a_function_that_does_not_exist_is_refused(cloud):
     with pytest.raises(ValueError, match="not in template.yaml"):
         with faults.injected(cloud, "ddb:get:throttle=1:function=PlanFunctoin"):
             pass
+
+
+# Part 0 slow and failing once in ConnectFunction (so after ~3.5 s it hands part 0 to a workflow run of its own),
+# while part 2 fails for good in the run that speaks the rest: the usual order in production, where a part the
+# engine rejects fails within a second.
+PART_0_HANDED_OFF_AFTER_PART_2_FAILED = ["engine:part=0:slow=2500", "engine:part=0:transient=1",
+                                         "engine:part=2:permanent"]
+
+
+def test_part_0_handed_to_its_own_run_after_a_later_part_failed_is_still_heard(cloud):
+    text, before, result = call_with(cloud, PART_0_HANDED_OFF_AFTER_PART_2_FAILED)
+
+    assert result["deliveries"].get(0) == 1, "part 0 was handed to a run of its own"
+    assert [part["index"] for part in result["parts"]] == [0, 1], "every part before the failure, in order"
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_of(text, result))
+    assert found.status == "failed" and found.failed_index == 2 and "part 2" in found.error
+    caller_heard(cloud, text, result, expect="apology")
+
+
+def test_part_0s_run_throttled_after_a_later_part_failed_is_started_by_the_next_request(cloud, setting, monkeypatch):
+    # Given the same failures, and StartExecution throttling the run that speaks part 0 once
+    from botocore.exceptions import ClientError
+    from tts_stream import streams
+
+    setting("STREAM_TIMEOUT_SECONDS", 60)
+    start, throttled = streams._start_workflow, []
+
+    def throttle_part_0s_run_once(clients, settings, stream_id, workflow_input):
+        if workflow_input.get("first_part") == "only" and not throttled:
+            throttled.append(stream_id)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, "StartExecution")
+        return start(clients, settings, stream_id, workflow_input)
+
+    monkeypatch.setattr(streams, "_start_workflow", throttle_part_0s_run_once)
+    text, before, result = call_with(cloud, PART_0_HANDED_OFF_AFTER_PART_2_FAILED)
+
+    # Then the failed stream still kept that start, the next request started it, and the caller heard parts 0-1
+    # and the apology, not silence until the stream's timeout
+    assert throttled
+    assert [part["index"] for part in result["parts"]] == [0, 1] and result["elapsed_s"] < 30
+    caller_heard(cloud, text, result, expect="apology")
+
+
+def test_a_failure_recorded_for_a_stream_that_completes_is_not_counted_as_a_failed_stream(cloud, capfd):
+    # Given Finish failing for good (its write throttled past every retry) after every part was spoken
+    capfd.readouterr()
+    text, before, result = call_with(cloud, ["engine:part=0:slow=3300", "ddb:update:throttle=4:function=FinishFunction"])
+
+    # Then the caller heard the whole answer, the stream reads complete, and no StreamsFailed was emitted
+    caller_heard(cloud, text, result, expect="complete")
+    assert '"StreamsFailed"' not in capfd.readouterr().out
