@@ -5,6 +5,7 @@ import time
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from botocore.config import Config
 from aws_lambda_powertools.metrics import MetricUnit
 
 from tts_stream import config, pipeline
@@ -13,12 +14,16 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()  # namespace from POWERTOOLS_METRICS_NAMESPACE (template Globals)
 _clients = {}
+# A stalled S3 or DynamoDB request gives up, tried three times, well inside the functions' 30 s timeout (botocore's
+# defaults wait 60 s): the step then fails with RetryableError, which the workflow tries again, instead of timing
+# out. Throttling is retried by the workflow too (from 1 s, with backoff).
+CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3})
 
 
 def _client(name):
     """One client per service per process, created on first use rather than at import (cold start)."""
     if name not in _clients:
-        _clients[name] = boto3.client(name)
+        _clients[name] = boto3.client(name, config=CLIENT_CONFIG)
     return _clients[name]
 
 

@@ -225,10 +225,42 @@ def test_the_workflow_alarm_counts_timed_out_executions_too(template):
 
 
 def test_the_tts_timeouts_cannot_outlast_the_synthesize_function(template):
-    # A part the server answers too slowly must end in our RetryableError, which the Map retries; a Lambda
-    # timeout (Sandbox.Timedout) is not retried
+    # A part the server answers too slowly must end in our RetryableError, which the Map retries at once; a
+    # Lambda timeout (Sandbox.Timedout) is retried too, but only after the function's whole timeout
     params = template.body["Parameters"]
     longest_s = (params["TtsConnectTimeoutMs"]["MaxValue"] + params["TtsReadTimeoutMs"]["MaxValue"]) / 1000
     timeout = template.body["Resources"]["SynthesizeFunction"]["Properties"].get(
         "Timeout", template.body["Globals"]["Function"]["Timeout"])
     assert longest_s < timeout
+
+
+def _tasks(states):
+    for name, state in states.items():
+        if state["Type"] == "Task":
+            yield name, state
+        if "ItemProcessor" in state:
+            yield from _tasks(state["ItemProcessor"]["States"])
+
+
+def test_a_step_whose_function_timed_out_is_tried_again_except_asking_the_chatbot():
+    # A function that timed out (a request that stalled) or died is tried again like a Lambda service error;
+    # AskChatbot is not: the bot may have answered already, and a second ask costs another answer
+    definition = json.loads((ROOT / "statemachines" / "synthesize.asl.json").read_text())
+    died = {"Sandbox.Timedout", "Lambda.Unknown", "Lambda.ClientExecutionTimeoutException"}
+    retried = {name: {error for retry in state.get("Retry", []) for error in retry["ErrorEquals"]}
+               for name, state in _tasks(definition["States"])}
+    assert set(retried) == {"AskChatbot", "Plan", "SynthesizePart", "RecordPartFailure", "Finish", "RecordRejection"}
+    for name, errors in retried.items():
+        assert (died <= errors) == (name != "AskChatbot"), name
+        assert "Lambda.ServiceException" in errors and "RetryableError" in errors
+
+
+def test_the_workflow_functions_aws_requests_give_up_before_the_functions_time_out(template):
+    # botocore's defaults wait 60 s for an answer: a stalled S3 or DynamoDB request would time the function out
+    import workflow
+
+    config = workflow.CLIENT_CONFIG
+    attempts = config.retries["total_max_attempts"]
+    backoff_s = sum(min(2 ** i, 20) for i in range(attempts - 1))  # standard mode's throttling backoff, at most
+    worst_s = attempts * (config.connect_timeout + config.read_timeout) + backoff_s
+    assert worst_s < template.body["Globals"]["Function"]["Timeout"]
