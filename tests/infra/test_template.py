@@ -200,6 +200,7 @@ def test_only_the_configured_connect_instance_may_invoke_the_connect_function():
     ("StartWaitMs", "soon", "is not a number"),
     ("TtsAuthSecretArn", "ssm:/tts/token", "does not match its AllowedPattern"),
     ("PromptUrlMode", "signed", "is not allowed"),
+    ("ManifestTtlHours", "48", "greater than its MaxValue 24"),  # it would hand out parts already deleted
 ])
 def test_the_local_cloud_refuses_a_parameter_value_cloudformation_would_refuse(name, value, says):
     # A value rehearsed with localcloud must not be the one that fails `sam deploy`
