@@ -72,6 +72,9 @@ _EXTRA_ABBREVIATIONS = frozenset({
     "fri", "yr", "yrs",
 })
 _ABBREVIATIONS = frozenset(English.Abbreviation.ABBREVIATIONS) | _EXTRA_ABBREVIATIONS
+# Those of them that never end a sentence, even before a capital ("incl. VAT", "approx. USD 20"); "Sat.", "max."
+# and "sun." may ("closed on Sat. Our team ..."), so pysbd decides those.
+_NEVER_SENTENCE_ENDS = frozenset({"approx", "dept", "excl", "incl", "qty"})
 _TITLES = frozenset(English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)  # dr, mr, mrs, prof, st, vs, fig ...
 _DOTTED_ABBREVIATION = re.compile(r"[A-Za-z]{1,3}(?:\.[A-Za-z]{1,3})+")  # a.m, e.g, U.S.A, Ph.D
 
@@ -114,7 +117,9 @@ _PHRASE_WORDS = frozenset({"the", "a", "an", "to", "of", "for", "in", "on", "at"
 _WORD_AFTER_SPACE = re.compile(r"(?<= )[A-Za-z]+\b")
 
 # Markdown, line by line (block syntax) and inline.
-_FENCE_LINE = re.compile(r"^\s*(?:```|~~~)[\w+.-]*\s*$")  # a fence marker alone; "```reset``` then ..." is code inline
+# A fence line (CommonMark: 3+ backticks with an info string holding no backtick, or 3+ tildes); "```reset```
+# then ..." is inline code, not a fence.
+_FENCE_LINE = re.compile(r"^\s*(?:`{3,}[^`]*|~{3,}.*)$")
 _RULE_LINE = re.compile(r"^\s*([-*_])(?:\s*\1){2,}\s*$")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
 _BLOCKQUOTE = re.compile(r"^\s*(?:>\s?)+")
@@ -124,14 +129,16 @@ _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
 _INLINE_CODE = re.compile(r"`+([^`]+?)`+")
 _STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
+_EMPHASIS = re.compile(r"(?<![\d*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
 _STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
 # names ("smiling face with smiling eyes"), which no answer meant. Dingbat digits (❶-➓) stay.
-_PICTOGRAPHS = re.compile("[\U0001F000-\U0001FAFF\u2600-\u2775\u2794-\u27BF\u2B00-\u2BFF\u200D\uFE0E\uFE0F"
-                          "\u20E3\U000E0020-\U000E007F]+")
+_PICTOGRAPHS = re.compile("[\U0001F000-\U0001FAFF\u2600-\u2775\u2794-\u27BF\u2B00-\u2BFF\u231A\u231B\u23E9-\u23F3"
+                          "\u23F8-\u23FA\u25AA\u25AB\u25B6\u25C0\u25FB-\u25FE\u200D\uFE0E\uFE0F\u20E3"
+                          "\U000E0020-\U000E007F]+")
+_PICTOGRAPHS_BEFORE_PUNCTUATION = re.compile(r"[ \t]*(?:" + _PICTOGRAPHS.pattern + r"[ \t]*)+(?=[.!?,;:])")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -156,7 +163,8 @@ def normalize_for_speech(text: str) -> str:
 
 
 def _normalize_once(text: str) -> str:
-    text = _PICTOGRAPHS.sub("", unicodedata.normalize("NFC", text).translate(_INVISIBLE))
+    text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
+    text = _PICTOGRAPHS.sub("", _PICTOGRAPHS_BEFORE_PUNCTUATION.sub("", text))  # "again ⏰." -> "again."
     blocks = [_strip_block_markdown(line) for line in text.splitlines()]
     kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
     spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
@@ -324,8 +332,8 @@ def _classify(text: str, match: re.Match) -> str:
         return _GLUED  # "Steps: 1. Open the app. 2. Tap Settings.", a Korean date "2024. 3. 15."
     if token.lower() in _TITLES:
         return _GLUED  # "Dr. Kim", "Prof. Han": pysbd never splits after a title either
-    if token.lower() in _EXTRA_ABBREVIATIONS:
-        return _GLUED  # "incl. VAT", "approx. USD 20": pysbd does not know these, so it would always split
+    if token.lower() in _NEVER_SENTENCE_ENDS:
+        return _GLUED  # pysbd does not know these, so it would always split before a capital
     if _is_abbreviation(token):
         return _ASK if following.isupper() else _GLUED  # "9 a.m. Please"? / "approx. 20", "5 p.m. 주문하신"
     return _PAUSE if following.islower() else _SPLIT
