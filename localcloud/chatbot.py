@@ -50,12 +50,13 @@ def answer_for(question: str, history: list) -> str:
 @dataclass
 class Fault:
     """Misbehave on the next `times` requests: delay, an HTTP status, a malformed body, a dropped connection, or
-    a reply sent one byte every `trickle_s` seconds."""
+    a reply (status line, headers and body) sent one byte every `trickle_s` seconds."""
     delay_s: float = 0.0
     status: int = 200
     body: bytes | None = None
     drop: bool = False
     trickle_s: float = 0.0
+    content_length: int | None = None  # promise this many bytes, then send the body and close
     times: int = 1
 
 
@@ -101,27 +102,29 @@ def _handler(bot: Bot):
             if fault and fault.drop:
                 self.connection.close()
                 return
-            trickle_s = fault.trickle_s if fault else 0.0
             if fault and (fault.status != 200 or fault.body is not None):
-                self._reply(fault.status, fault.body if fault.body is not None else b'{"error": "injected"}',
-                            trickle_s)
+                self._reply(fault.status, fault.body if fault.body is not None else b'{"error": "injected"}', fault)
                 return
-            self._reply(200, json.dumps({"answer": answer_for(question, history)}, ensure_ascii=False).encode(),
-                        trickle_s)
+            self._reply(200, json.dumps({"answer": answer_for(question, history)}, ensure_ascii=False).encode(), fault)
 
-        def _reply(self, status, body, trickle_s=0.0):
+        def _reply(self, status, body, fault=None):
+            trickle_s = fault.trickle_s if fault else 0.0
+            length = fault.content_length if fault and fault.content_length is not None else len(body)
             try:
+                if trickle_s:  # the whole reply, status line first, one byte at a time
+                    head = (f"HTTP/1.0 {status} {self.responses.get(status, ('',))[0]}\r\n"
+                            f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {length}\r\n\r\n")
+                    raw = head.encode() + body
+                    for index in range(len(raw)):
+                        self.wfile.write(raw[index:index + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle_s)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(length))
                 self.end_headers()
-                if not trickle_s:
-                    self.wfile.write(body)
-                    return
-                for index in range(len(body)):
-                    self.wfile.write(body[index:index + 1])
-                    self.wfile.flush()
-                    time.sleep(trickle_s)
+                self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (its timeout): nothing left to tell it
 

@@ -9,6 +9,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -79,21 +80,36 @@ class HttpChat:
         connection = connection_class(self.parts.hostname, self.parts.port, timeout=self.timeout_s, **kwargs)
         path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
         deadline = time.monotonic() + self.timeout_s
+        cut_off = threading.Event()
         try:
             connection.request("POST", path, body=body, headers=headers)
-            sock = connection.sock  # the response keeps reading from it after the connection lets go
-            sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            response = connection.getresponse()
-            payload = _read_body(response, sock, deadline)
+            # A socket timeout bounds each read only: a bot sending its reply a byte at a time would hold the turn
+            # far past ChatTimeoutMs. At the deadline the socket is shut, which ends any read at once.
+            watchdog = threading.Timer(max(deadline - time.monotonic(), 0), _cut, (connection.sock, cut_off))
+            watchdog.start()
+            try:
+                response = connection.getresponse()
+                payload = response.read(MAX_REPLY_BYTES + 1)
+            finally:
+                watchdog.cancel()
+            if cut_off.is_set():
+                raise TimeoutError
         except (socket.timeout, TimeoutError):
             raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
-        except OSError as error:
+        except (OSError, http.client.HTTPException) as error:  # refused, reset, a cut-off or malformed reply
+            if cut_off.is_set():
+                raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
             raise ChatError(f"the chatbot could not be reached: {error.__class__.__name__}") from None
         finally:
             connection.close()
         if response.status != 200:
             # Not the body: a bot's error page often repeats the question, and this message is logged.
             raise ChatError(f"the chatbot answered HTTP {response.status}")
+        if len(payload) > MAX_REPLY_BYTES:
+            raise ChatError(f"the chatbot's reply is over {MAX_REPLY_BYTES} bytes; an answer is at most "
+                            f"{MAX_ANSWER_CHARS} characters")
+        if response.length:  # bytes its Content-Length promised that never came (read(n) does not raise)
+            raise ChatError(f"the chatbot's reply was cut off {response.length} bytes short")
         try:
             reply = json.loads(payload)
         except ValueError:
@@ -101,24 +117,12 @@ class HttpChat:
         return _answer_text(reply.get("answer") if isinstance(reply, dict) else None)
 
 
-def _read_body(response, sock, deadline: float) -> bytes:
-    """The whole reply by `deadline`: a socket timeout bounds each read only, so a bot sending a byte at a time
-    could hold the turn far past ChatTimeoutMs. ChatError past MAX_REPLY_BYTES."""
-    chunks, size = [], 0
-    while not response.isclosed():  # it closes (and lets go of the socket) once the whole body is read
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        sock.settimeout(remaining)
-        chunk = response.read1(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise ChatError(f"the chatbot's reply is over {MAX_REPLY_BYTES} bytes; an answer is at most "
-                            f"{MAX_ANSWER_CHARS} characters")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _cut(sock, cut_off: threading.Event) -> None:
+    cut_off.set()
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the reply was read
 
 
 class BedrockChat:

@@ -110,14 +110,26 @@ def test_a_reply_bigger_than_any_answer_is_refused_as_too_large_not_as_bad_json(
         HttpChat(url, timeout_s=10).ask("Tell me everything.", [])
 
 
-def test_a_bot_trickling_its_reply_is_cut_off_at_the_chat_timeout(http_bot):
+@pytest.mark.parametrize("trickle_s, timeout_s", [(0.05, 0.5), (0.004, 0.6)], ids=["in-the-headers", "in-the-body"])
+def test_a_bot_trickling_its_reply_is_cut_off_at_the_chat_timeout(http_bot, trickle_s, timeout_s):
+    # Every byte comes well within the socket timeout, but the whole reply does not come within ChatTimeoutMs:
+    # at 50 ms a byte it is cut off in the status line and headers; at 4 ms a byte, in the body
     bot, url = http_bot
-    bot.faults.append(chatbot.Fault(body=b'{"answer": "This arrives one byte at a time."}', trickle_s=0.05))
+    bot.faults.append(chatbot.Fault(body=b'{"answer": "' + b"One byte at a time. " * 20 + b'"}', trickle_s=trickle_s))
 
     began = time.monotonic()
-    with pytest.raises(ChatError, match="did not answer within 0.5 s"):
-        HttpChat(url, timeout_s=0.5).ask("Hello?", [])
-    assert time.monotonic() - began < 1.5, "each byte came within the socket timeout, but the whole reply did not"
+    with pytest.raises(ChatError, match=f"did not answer within {timeout_s:g} s"):
+        HttpChat(url, timeout_s=timeout_s).ask("Hello?", [])
+    assert time.monotonic() - began < timeout_s + 0.5
+
+
+def test_a_reply_cut_off_mid_body_is_a_chat_error(http_bot):
+    # The bot promises more than it sends, then closes: not taken for a reply that is not JSON
+    bot, url = http_bot
+    bot.faults.append(chatbot.Fault(body=b'{"answer": "cut', content_length=100))
+
+    with pytest.raises(ChatError, match="cut off 85 bytes short"):
+        HttpChat(url, timeout_s=5).ask("Hello?", [])
 
 
 def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
