@@ -5,7 +5,6 @@ import time
 
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from botocore.config import Config
 from aws_lambda_powertools.metrics import MetricUnit
 
 from tts_stream import config, pipeline
@@ -14,16 +13,12 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()  # namespace from POWERTOOLS_METRICS_NAMESPACE (template Globals)
 _clients = {}
-# A stalled S3 or DynamoDB request gives up, tried three times, well inside the functions' 30 s timeout (botocore's
-# defaults wait 60 s): the step then fails with RetryableError, which the workflow tries again, instead of timing
-# out. Throttling is retried by the workflow too (from 1 s, with backoff).
-CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3})
 
 
 def _client(name):
     """One client per service per process, created on first use rather than at import (cold start)."""
     if name not in _clients:
-        _clients[name] = boto3.client(name, config=CLIENT_CONFIG)
+        _clients[name] = boto3.client(name, config=config.WORKFLOW_CLIENT_CONFIG)
     return _clients[name]
 
 
@@ -87,11 +82,12 @@ def synthesize(event, context):
 @metrics.log_metrics
 def record_failure(event, context):
     result = pipeline.record_failure(_client("dynamodb"), config.load(), event)
-    # A part's failure, or (no index) the whole stream failing outside any part; not a failure that changed
-    # nothing (the part was ready after all, or every part was: the stream completes).
-    if result["recorded"]:
-        metrics.add_metric("PartFailures" if isinstance(result.get("index"), int) else "StreamsFailed",
-                           MetricUnit.Count, 1)
+    # A part that failed for good (whether or not an earlier part's failure already ended the stream), or (no
+    # index) the whole stream failing outside any part: not when that changed nothing (every part was ready).
+    if isinstance(result.get("index"), int):
+        metrics.add_metric("PartFailures", MetricUnit.Count, 1)
+    elif result["recorded"]:
+        metrics.add_metric("StreamsFailed", MetricUnit.Count, 1)
     logger.warning("failure recorded", **result)
     return result
 
