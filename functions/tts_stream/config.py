@@ -9,7 +9,15 @@ import os
 import re
 from dataclasses import dataclass
 
+from botocore.config import Config
+
 from tts_stream.errors import InvalidInput, shown
+
+# The workflow functions' AWS clients (and the secrets they read): a stalled S3, DynamoDB or Secrets Manager
+# request gives up, tried three times, well inside the functions' 30 s timeout (botocore's defaults wait 60 s),
+# as a RetryableError the workflow tries again, instead of timing the function out. Throttling is retried by the
+# workflow too (from 1 s, with backoff). ConnectFunction's own are tighter (streams.CLIENT_CONFIG).
+WORKFLOW_CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3})
 
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
 
+from tts_stream import config
 from tts_stream.errors import PermanentSynthesisError, RetryableError, aws_error, is_transient_aws_error
 
 SSM_PREFIX = "ssm:"
@@ -125,7 +126,8 @@ def _client(service: str, region: str | None):
             import boto3
 
             try:
-                _clients[service, region] = boto3.session.Session().client(service, region_name=region)
+                _clients[service, region] = boto3.session.Session().client(
+                    service, region_name=region, config=config.WORKFLOW_CLIENT_CONFIG)
             except NoRegionError:
                 raise PermanentSynthesisError(
                     f"no AWS region to read {service} secrets in: set AWS_REGION or give the secret's ARN"

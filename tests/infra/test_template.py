@@ -254,14 +254,30 @@ def test_a_step_whose_function_timed_out_is_tried_again_except_asking_the_chatbo
     for name, errors in retried.items():
         assert (died <= errors) == (name != "AskChatbot"), name
         assert "Lambda.ServiceException" in errors and "RetryableError" in errors
+    # once: a function that times out again would keep the caller waiting 30 s a try, past Express's 5 minutes
+    for name, state in _tasks(definition["States"]):
+        for retry in state.get("Retry", []):
+            if "Sandbox.Timedout" in retry["ErrorEquals"]:
+                assert retry["MaxAttempts"] == 1, name
+
+
+def _worst_request_s() -> float:
+    """The longest one AWS request of a workflow function can take before it gives up."""
+    from tts_stream.config import WORKFLOW_CLIENT_CONFIG as config
+
+    attempts = config.retries["total_max_attempts"]
+    backoff_s = sum(min(2 ** i, 20) for i in range(attempts - 1))  # standard mode's throttling backoff, at most
+    return attempts * (config.connect_timeout + config.read_timeout) + backoff_s
 
 
 def test_the_workflow_functions_aws_requests_give_up_before_the_functions_time_out(template):
     # botocore's defaults wait 60 s for an answer: a stalled S3 or DynamoDB request would time the function out
-    import workflow
+    assert _worst_request_s() < template.body["Globals"]["Function"]["Timeout"]
 
-    config = workflow.CLIENT_CONFIG
-    attempts = config.retries["total_max_attempts"]
-    backoff_s = sum(min(2 ** i, 20) for i in range(attempts - 1))  # standard mode's throttling backoff, at most
-    worst_s = attempts * (config.connect_timeout + config.read_timeout) + backoff_s
-    assert worst_s < template.body["Globals"]["Function"]["Timeout"]
+
+def test_a_chat_turn_gives_up_on_everything_before_its_function_times_out(template):
+    # A history read, the bot at the longest ChatTimeoutMs (plus 2 s to connect), a history write: a ChatFunction
+    # that timed out would fail the turn (AskChatbot is not retried) instead of speaking the apology
+    bot_s = template.body["Parameters"]["ChatTimeoutMs"]["MaxValue"] / 1000 + 2
+    timeout = template.body["Resources"]["ChatFunction"]["Properties"]["Timeout"]
+    assert 2 * _worst_request_s() + bot_s < timeout
