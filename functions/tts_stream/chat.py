@@ -6,13 +6,14 @@ apology in the stream's voice, so a caller never meets silence or a dropped call
 
 import http.client
 import json
-import re
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from tts_stream import chunking
 
 MAX_ANSWER_CHARS = 20000
 # The most a reply may hold: an answer of MAX_ANSWER_CHARS in JSON escapes (12 bytes for a character outside the
@@ -168,10 +169,5 @@ class BedrockChat:
         except (KeyError, TypeError):
             raise ChatError("Bedrock's reply has no message") from None
         if response.get("stopReason") == "max_tokens":  # cut off mid-sentence: speak the whole sentences only
-            whole = _WHOLE_SENTENCES.match(text.strip())
-            text = whole.group(0) if whole else text
+            text = chunking.whole_sentences(text)
         return _answer_text(text)
-
-
-# Everything up to the last sentence end (a closing quote or bracket after it included).
-_WHOLE_SENTENCES = re.compile(r"(?s).*[.!?…。！？][\"'”’)\]]*(?=\s|$)")

@@ -270,6 +270,20 @@ def _check_limits(first_max: int, target: int, max_len: int) -> None:
         raise ValueError(f"max_len ({max_len}) must be at least target ({target})")
 
 
+def whole_sentences(text: str) -> str:
+    """`text` without its last sentence when that one was cut off (no final punctuation): what a chatbot said
+    before it ran out of tokens. Sentences end where split_for_speech says ("Call Dr. Kim" is not two); text
+    that is one unfinished sentence is kept, as better than nothing."""
+    stripped = text.strip()
+    if not stripped or _FINISHED.search(stripped):
+        return stripped
+    starts = _find_sentence_boundaries(stripped, len(stripped)).starts
+    return stripped[:starts[-1]].rstrip() if starts else stripped
+
+
+_FINISHED = re.compile(r"[.!?…。！？][" + re.escape(_CLOSERS) + r"]*$")
+
+
 class _Boundaries(NamedTuple):
     """Sentence starts found in a normalized text, and how good a cut each declined candidate would be.
 

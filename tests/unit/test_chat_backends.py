@@ -164,6 +164,9 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     ("It ships on Monday. It should arrive by Fri", "It ships on Monday."),
     ("월요일에 발송됩니다. 금요일까지 도착할 예", "월요일에 발송됩니다."),
     ("A sentence cut off before its e", "A sentence cut off before its e"),  # nothing whole: better than nothing
+    ("Please call Dr. Kim on Monday. Or ask for the", "Please call Dr. Kim on Monday."),
+    ("Here are the steps: 1. Open the app. 2. Tap Sett", "Here are the steps: 1. Open the app."),
+    ('He said "Call us back." Then he hung', 'He said "Call us back."'),
 ])
 def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
     client, stub = bedrock
