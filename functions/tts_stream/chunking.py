@@ -135,10 +135,10 @@ _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
 # names ("smiling face with smiling eyes"), which no answer meant. Dingbat digits (❶-➓) stay.
-_PICTOGRAPHS = re.compile("[\U0001F000-\U0001FAFF\u2600-\u2775\u2794-\u27BF\u2B00-\u2BFF\u231A\u231B\u23E9-\u23F3"
-                          "\u23F8-\u23FA\u25AA\u25AB\u25B6\u25C0\u25FB-\u25FE\u200D\uFE0E\uFE0F\u20E3"
-                          "\U000E0020-\U000E007F]+")
-_PICTOGRAPHS_BEFORE_PUNCTUATION = re.compile(r"[ \t]*(?:" + _PICTOGRAPHS.pattern + r"[ \t]*)+(?=[.!?,;:])")
+_PICTOGRAPH = ("[\U0001F000-\U0001FAFF\u2600-\u2775\u2794-\u27BF\u2B00-\u2BFF\u231A\u231B\u23E9-\u23F3"
+               "\u23F8-\u23FA\u25AA\u25AB\u25B6\u25C0\u25FB-\u25FE\u200D\uFE0E\uFE0F\u20E3\U000E0020-\U000E007F]")
+# A run of them in single-spaced text, with the space before it: one character a step, so linear in any input.
+_PICTOGRAPH_RUN = re.compile(f" ?{_PICTOGRAPH}(?: ?{_PICTOGRAPH})*")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -164,7 +164,6 @@ def normalize_for_speech(text: str) -> str:
 
 def _normalize_once(text: str) -> str:
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
-    text = _PICTOGRAPHS.sub("", _PICTOGRAPHS_BEFORE_PUNCTUATION.sub("", text))  # "again ⏰." -> "again."
     blocks = [_strip_block_markdown(line) for line in text.splitlines()]
     kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
     spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
@@ -176,7 +175,19 @@ def _normalize_once(text: str) -> str:
         if leads_on and not _ENDS_WITH_PUNCTUATION.search(words):
             line = line.rstrip() + "."
         spoken.append(line)
-    return _WHITESPACE.sub(" ", " ".join(spoken)).strip()
+    return _without_pictographs(_WHITESPACE.sub(" ", " ".join(spoken)).strip())
+
+
+def _without_pictographs(text: str) -> str:
+    """Single-spaced `text` without emoji: "again ⏰." -> "again.", "Hi 😊 there" -> "Hi there"."""
+    def replace(run: re.Match) -> str:
+        after = text[run.end():run.end() + 1]
+        return " " if run.group().startswith(" ") and after not in ("", " ") and not _is_punctuation(after) else ""
+    return _PICTOGRAPH_RUN.sub(replace, text).strip()
+
+
+def _is_punctuation(char: str) -> bool:
+    return unicodedata.category(char).startswith("P")
 
 
 def _strip_block_markdown(line: str) -> tuple[str, bool] | None:
@@ -277,7 +288,8 @@ def whole_sentences(text: str) -> str:
     stripped = text.strip()
     if not stripped or _FINISHED.search(stripped):
         return stripped
-    starts = _find_sentence_boundaries(stripped, len(stripped)).starts
+    # Line breaks end sentences as spaces do (the chunker sees normalized, single-spaced text)
+    starts = _find_sentence_boundaries(re.sub(r"\s", " ", stripped), len(stripped)).starts
     return stripped[:starts[-1]].rstrip() if starts else stripped
 
 

@@ -9,8 +9,11 @@ A case without "text" uses the concatenated chunks as its input.
 """
 
 import json
+import os
 import random
 import string
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -317,3 +320,18 @@ def test_property_plain_english_sentences_agree_with_pysbd(rng: random.Random):
     starts = [len("".join(chunks[:index])) for index in range(len(chunks))]
     assert starts == pysbd_starts[: len(starts)]
     assert len(pysbd_starts) - len(starts) in (0, 1)
+
+
+def test_a_long_run_of_emoji_is_dropped_in_linear_time():
+    # A pattern nesting one quantified class inside another took minutes on 26 emoji (48 s on four family emoji
+    # in Korean text): one chatbot answer could hold a function past its timeout. The regex engine holds the GIL,
+    # so the split runs in a process of its own, which a regression fails by outliving 30 s (this takes ~0.1 s).
+    answers = ["Congrats " + "🎉" * 5000 + " see you", "우리 가족 " + "👨‍👩‍👧‍👦" * 2000 + " 사랑해요",
+               "x " + "🎉 " * 5000 + "y."]
+    script = ("import json, sys; from tts_stream.chunking import split_for_speech; "
+              "print(json.dumps([''.join(split_for_speech(a)) for a in json.load(sys.stdin)]))")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(answers), capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "functions")})
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["Congrats see you", "우리 가족 사랑해요", "x y."]
