@@ -9,7 +9,6 @@ import json
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,6 +18,7 @@ MAX_ANSWER_CHARS = 20000
 # The most a reply may hold: an answer of MAX_ANSWER_CHARS in JSON escapes (12 bytes for a character outside the
 # BMP, "\\ud83d\\ude00"; 6 for Hangul, as json.dumps writes it by default), and room for the rest of the object.
 MAX_REPLY_BYTES = MAX_ANSWER_CHARS * 12 + 4096
+CONNECT_S = 2.0  # to connect to a chatbot (the TLS handshake included), before ChatTimeoutMs starts
 APOLOGY = {
     "en": "Sorry, I couldn't get an answer just now. Please ask me again in a moment.",
     "ko": "죄송합니다. 지금은 답변을 가져오지 못했습니다. 잠시 후에 다시 물어봐 주세요.",
@@ -78,28 +78,32 @@ class HttpChat:
             headers["Authorization"] = self.auth_header
         connection_class = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
         kwargs = {"context": ssl.create_default_context()} if self.parts.scheme == "https" else {}
-        connection = connection_class(self.parts.hostname, self.parts.port, timeout=self.timeout_s, **kwargs)
+        connection = connection_class(self.parts.hostname, self.parts.port, timeout=min(self.timeout_s, CONNECT_S),
+                                      **kwargs)
         path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
-        deadline = time.monotonic() + self.timeout_s
-        cut_off = threading.Event()
+        cut_off, connected = threading.Event(), False
         try:
-            connection.request("POST", path, body=body, headers=headers)
+            connection.connect()  # within CONNECT_S, the TLS handshake included; ChatTimeoutMs starts after it
+            connected = True
+            connection.sock.settimeout(self.timeout_s)
             # A socket timeout bounds each read only: a bot sending its reply a byte at a time would hold the turn
             # far past ChatTimeoutMs. At the deadline the socket is shut, which ends any read at once.
-            watchdog = threading.Timer(max(deadline - time.monotonic(), 0), _cut, (connection.sock, cut_off))
+            watchdog = threading.Timer(self.timeout_s, _cut, (connection.sock, cut_off))
             watchdog.start()
             try:
+                connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read(MAX_REPLY_BYTES + 1)
             finally:
                 watchdog.cancel()
             if cut_off.is_set():
                 raise TimeoutError
-        except (socket.timeout, TimeoutError):
-            raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
-        except (OSError, http.client.HTTPException) as error:  # refused, reset, a cut-off or malformed reply
-            if cut_off.is_set():
+        except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, a cut-off or bad reply
+            if cut_off.is_set() or (connected and isinstance(error, TimeoutError)):
                 raise ChatError(f"the chatbot did not answer within {self.timeout_s:g} s") from None
+            if isinstance(error, TimeoutError):
+                raise ChatError(f"the chatbot could not be reached within {min(self.timeout_s, CONNECT_S):g} s") \
+                    from None
             raise ChatError(f"the chatbot could not be reached: {error.__class__.__name__}") from None
         finally:
             connection.close()
@@ -113,7 +117,7 @@ class HttpChat:
             raise ChatError(f"the chatbot's reply was cut off {response.length} bytes short")
         try:
             reply = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
             raise ChatError("the chatbot's reply is not JSON") from None
         return _answer_text(reply.get("answer") if isinstance(reply, dict) else None)
 
@@ -148,7 +152,7 @@ class BedrockChat:
             # Asked once, within ChatTimeoutMs: botocore's defaults (60 s to answer, 3 tries) would keep the caller
             # in silence long after the apology was due.
             self._client = boto3.client("bedrock-runtime", config=Config(
-                connect_timeout=min(self.timeout_s, 2.0), read_timeout=self.timeout_s,
+                connect_timeout=min(self.timeout_s, CONNECT_S), read_timeout=self.timeout_s,
                 retries={"mode": "standard", "total_max_attempts": 1}))
         messages = []
         for exchange in history:

@@ -123,6 +123,14 @@ def test_a_bot_trickling_its_reply_is_cut_off_at_the_chat_timeout(http_bot, tric
     assert time.monotonic() - began < timeout_s + 0.5
 
 
+def test_json_nested_deeper_than_python_can_parse_is_not_json(http_bot):
+    bot, url = http_bot
+    bot.faults.append(chatbot.Fault(body=b"[" * 200_000))
+
+    with pytest.raises(ChatError, match="not JSON"):
+        HttpChat(url, timeout_s=5).ask("Hello?", [])
+
+
 def test_a_reply_cut_off_mid_body_is_a_chat_error(http_bot):
     # The bot promises more than it sends, then closes: not taken for a reply that is not JSON
     bot, url = http_bot
@@ -167,6 +175,8 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     ("Please call Dr. Kim on Monday. Or ask for the", "Please call Dr. Kim on Monday."),
     ("Here are the steps: 1. Open the app. 2. Tap Sett", "Here are the steps: 1. Open the app."),
     ('He said "Call us back." Then he hung', 'He said "Call us back."'),
+    ("Sure thing.\n\nCall Dr. Kim or ask for the", "Sure thing."),
+    ("배송은 3일 걸립니다.\n주문하신 상품은", "배송은 3일 걸립니다."),
 ])
 def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
     client, stub = bedrock
