@@ -365,7 +365,7 @@ def mark_part_failed(ddb, table: str, stream_id: str, index: int, message: str) 
     })
 
 
-def fail_stream(ddb, table: str, stream_id: str, message: str, *, owned: range | None = None) -> bool:
+def fail_stream(ddb, table: str, stream_id: str, message: str, *, owned: set[int] | None = None) -> bool:
     """The workflow failed outside any one part (bad input, a step that kept failing): the stream fails at its
     first part that is not ready, so everything before it still plays. `owned`: the parts the failed run answers
     for (default all; a part another run is speaking is not its failure). False if there is nothing to fail."""

@@ -328,8 +328,8 @@ def record_failure(ddb, settings: Settings, event) -> dict:
             recorded = manifest.mark_part_failed(ddb, settings.table_name, stream_id, index, message)
         else:  # a run speaking all but part 0 does not fail the part 0 ConnectFunction is still speaking
             role = event.get("first_part") if isinstance(event.get("first_part"), str) else ""
-            owned = {FIRST_PART_INLINE: range(1, MAX_PARTS), FIRST_PART_ONLY: range(1)}.get(role)
-            recorded = manifest.fail_stream(ddb, settings.table_name, stream_id, message, owned=owned)
+            recorded = manifest.fail_stream(ddb, settings.table_name, stream_id, message,
+                                            owned=owned_parts(role, MAX_PARTS))
     return {"stream_id": stream_id, "index": index, "recorded": recorded, "error": message}
 
 

@@ -383,7 +383,7 @@ class ResendsEveryWrite(ResendsCreates):
 def test_a_run_that_fails_outside_its_parts_does_not_fail_a_part_another_run_is_speaking(ddb, table, stream_id):
     # Given ConnectFunction still speaking part 0 when the run that speaks the rest fails for good (its Plan)
     planned(ddb, table, stream_id, total=4)
-    assert manifest.fail_stream(ddb, table, stream_id, "Plan failed", owned=range(1, 4))
+    assert manifest.fail_stream(ddb, table, stream_id, "Plan failed", owned={1, 2, 3})
     # Then the stream fails at part 1, and part 0, once ready, still plays before the apology
     assert manifest.read(ddb, table, stream_id).failed_index == 1
     assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
