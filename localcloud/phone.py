@@ -2,8 +2,8 @@
 
 Connect cannot run locally, so this interpreter executes the few action types our flows use, under Connect's
 data rules: a parameter may be one JSONPath into the flow data (`$.Attributes.X`, `$.External.X`, `$.Lex.X`,
-`$.ContactId`, `$.LanguageCode`), only the most recent Lambda reply is kept as `$.External`, and a block that fails takes its Error
-branch.
+`$.ContactId`, `$.LanguageCode`), only the most recent Lambda reply is kept as `$.External`, and a block that
+fails takes its Error branch.
 
 A scripted `Caller` talks to the flow. Get customer input with a Lex V2 bot (ConnectParticipantWithLexBot) hears the
 caller's next question through a simulated bot, the one the chat flow needs an admin to build in Lex: a `Goodbye`
