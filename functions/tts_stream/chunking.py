@@ -131,6 +131,12 @@ _INLINE_CODE = re.compile(r"`+([^`]+?)`+")
 _STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
 _EMPHASIS = re.compile(r"(?<![\d*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
 _STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
+_TABLE_DELIMITER = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")  # |---|:--:|
+_TABLE_PIPE = re.compile(r"(?<!\\)\|")
+_CELL_END = re.compile(r"[\s.,;:]+$")
+# A cell that is only a check or a cross mark says yes or no: read as such, not dropped as an emoji would be.
+_MARK_CELLS = {mark: answer for marks, answer in (("✅✔☑✓", ("yes", "예")), ("❌✖❎✗✘", ("no", "아니요")))
+               for mark in marks}
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
@@ -151,6 +157,9 @@ def normalize_for_speech(text: str) -> str:
     into a list, so the voice pauses between items instead of running "Hours We open at 9" together. Plain
     single-spaced text comes back unchanged.
 
+    A table (GitHub's pipe syntax) is read a row at a time, each cell after its column's heading: "Basic,
+    Price $10, Data 5 GB." The heading row itself is not read out, except for a table of one column.
+
     The cleanup repeats until nothing changes, which makes the function idempotent even for nested
     Markdown such as `**[bold link](url)**`.
     """
@@ -164,7 +173,7 @@ def normalize_for_speech(text: str) -> str:
 
 def _normalize_once(text: str) -> str:
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
-    blocks = [_strip_block_markdown(line) for line in text.splitlines()]
+    blocks = _blocks(text.splitlines())
     kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
     spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
     next_spoken = dict(zip(spoken_lines, spoken_lines[1:]))  # each spoken line -> the next one, if any
@@ -188,6 +197,63 @@ def _without_pictographs(text: str) -> str:
 
 def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char).startswith("P")
+
+
+def _blocks(lines: list[str]) -> list[tuple[str, bool]]:
+    """Every line's text without block syntax, flagged when it is a heading or a list item; a table's rows become
+    items of their own."""
+    blocks = []
+    index = 0
+    while index < len(lines):
+        rows = _table_at(lines, index)
+        if rows is None:
+            block = _strip_block_markdown(lines[index])
+            if block is not None:
+                blocks.append(block)
+            index += 1
+            continue
+        headings = _cells(lines[index])
+        blocks.extend((row, True) for row in _spoken_rows(headings, [_cells(line) for line in rows]))
+        index += 2 + len(rows)
+    return blocks
+
+
+def _table_at(lines: list[str], index: int) -> list[str] | None:
+    """The body rows of the table whose heading row is `lines[index]`, or None when no table starts there. As in
+    GitHub Markdown, the delimiter row (|---|---|) under the heading row makes it a table (a count of cells that
+    differs from the headings' is forgiven: no cell goes unread), and the first line without a pipe ends it."""
+    if index + 1 >= len(lines) or "|" not in lines[index] or "|" not in lines[index + 1]:
+        return None
+    if not _TABLE_DELIMITER.match(lines[index + 1]):
+        return None
+    end = index + 2
+    while end < len(lines) and "|" in lines[end]:
+        end += 1
+    return lines[index + 2:end]
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    line = line[1:] if line.startswith("|") else line
+    line = line[:-1] if line.endswith("|") and not line.endswith("\\|") else line
+    return [_CELL_END.sub("", cell.strip().replace("\\|", "|")) for cell in _TABLE_PIPE.split(line)]
+
+
+def _spoken_rows(headings: list[str], rows: list[list[str]]) -> list[str]:
+    """A table's rows as sentences: the first cell names the row, then each other cell follows its heading."""
+    if not rows or len(headings) == 1 and all(len(row) == 1 for row in rows):  # the headings, or a plain list
+        lines = [", ".join(filter(None, headings))] + [row[0] for row in rows]
+        return [line + "." for line in lines if line]
+    korean = any(_is_hangul(char) for row in [headings, *rows] for cell in row for char in cell)
+    rows = [[_MARK_CELLS[cell.rstrip("\ufe0f")][korean] if cell.rstrip("\ufe0f") in _MARK_CELLS else cell
+             for cell in row] for row in rows]
+    spoken = []
+    for label, *cells in rows:
+        pairs = itertools.zip_longest(headings[1:], cells, fillvalue="")
+        said = ", ".join(f"{heading} {cell}".strip() for heading, cell in pairs if cell)
+        if label or said:
+            spoken.append(", ".join(filter(None, (label, said))) + ".")
+    return spoken
 
 
 def _strip_block_markdown(line: str) -> tuple[str, bool] | None:

@@ -192,6 +192,27 @@ def test_normalize_is_idempotent_on_nested_markdown():
     assert normalize_for_speech(once) == once
 
 
+@pytest.mark.parametrize(
+    ("text", "spoken"),
+    [
+        ("| Step |\n|:-:|\n| Open the app |\n| Tap Orders. |", "Step. Open the app. Tap Orders."),
+        ("| Plan | Price |\n|---|---|", "Plan, Price."),
+        ("| Code | Means |\n|---|---|\n| a \\| b | either |\n| c |", "a | b, Means either. c."),
+        ("| Plan | Price |\n|---|---|---|\n| Basic | $10 | today |", "Basic, Price $10, today."),
+        ("Plans\n| Plan | Price |\n|---|---|\n| Basic | $10 |\nThat is all.", "Plans. Basic, Price $10. That is all."),
+        ("| | Price |\n|---|---|\n| Basic | |\n| | $20 |", "Basic. Price $20."),
+        ("| Plan | Roaming | 5G |\n|---|---|---|\n| Basic | ❌ | ✅ |\n| Plus | ✔️ | 😊 |",
+         "Basic, Roaming no, 5G yes. Plus, Roaming yes, 5G."),
+        ("| 요금제 | 로밍 |\n|---|---|\n| 기본 | ❌ |\n| 플러스 | ✅ |", "기본, 로밍 아니요. 플러스, 로밍 예."),
+    ],
+    ids=["one-column", "headings-only", "escaped-pipe-and-short-row", "delimiter-of-another-width",
+         "lead-in-and-text-after", "empty-cells", "check-and-cross-marks", "check-and-cross-marks-ko"],
+)
+def test_a_table_is_read_a_row_at_a_time(text, spoken):
+    assert normalize_for_speech(text) == spoken
+    assert normalize_for_speech(spoken) == spoken
+
+
 # --- properties ----------------------------------------------------------------------------------------
 
 ENGLISH_WORDS = ["order", "shipped", "Dr.", "Mr.", "a.m.", "p.m.", "e.g.", "approx.", "etc.", "No.", "U.S.",
@@ -200,7 +221,7 @@ ENGLISH_WORDS = ["order", "shipped", "Dr.", "Mr.", "a.m.", "p.m.", "e.g.", "appr
 HANGUL_WORDS = ["주문하신", "상품은", "발송되었습니다.", "감사합니다!", "도와드릴까요?", "했고", "지만", "1,200원",
                 "네.", "요.", "다.", "죠.", "까?", "김", "가나다라마바사아자차카타파하"]
 PUNCTUATION = [".", "!", "?", "…", "...", "。", ",", ";", ":", " - ", "—", '"', "'", "“", "”", "(", ")", "「",
-               "」", "[", "]", "*", "**", "_", "__", "`", "#", "> ", "- ", "~~", "[link](http://x.y)", "😊"]
+               "」", "[", "]", "*", "**", "_", "__", "`", "#", "> ", "- ", "~~", "[link](http://x.y)", "😊", "|", "\n|---|---|\n"]
 SPACES = [" ", "  ", "\n", "\n\n", "\t", "\u00a0", "\u200b", "\r\n"]
 
 hangul_syllables = st.text(st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3), min_size=1, max_size=6)
