@@ -174,7 +174,7 @@ def normalize_for_speech(text: str) -> str:
 def _normalize_once(text: str) -> str:
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
     blocks = _blocks(text.splitlines())
-    kept = [(_strip_inline_markdown(block[0]), block[1]) for block in blocks if block is not None]
+    kept = [(_strip_inline_markdown(line), is_item) for line, is_item in blocks]
     spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
     next_spoken = dict(zip(spoken_lines, spoken_lines[1:]))  # each spoken line -> the next one, if any
     spoken = []
