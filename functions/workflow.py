@@ -18,7 +18,7 @@ _clients = {}
 def _client(name):
     """One client per service per process, created on first use rather than at import (cold start)."""
     if name not in _clients:
-        _clients[name] = boto3.client(name, config=config.WORKFLOW_CLIENT_CONFIG)
+        _clients[name] = config.bounded(boto3.client(name, config=config.WORKFLOW_CLIENT_CONFIG))
     return _clients[name]
 
 

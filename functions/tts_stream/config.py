@@ -19,6 +19,25 @@ from tts_stream.errors import InvalidInput, shown
 # workflow too (from 1 s, with backoff). ConnectFunction's own are tighter (streams.CLIENT_CONFIG).
 WORKFLOW_CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3})
 
+
+def bounded(client):
+    """`client`, retrying after standard mode's own backoff even when a service asks for longer.
+
+    botocore 1.44 and newer (the Lambda runtime brings its own) wait as long as a throttled answer's
+    x-amz-retry-after header asks, up to 5 s past the backoff. That would break every budget built on these
+    clients: ConnectFunction's 4 s per request inside Connect's 8 s, the workflow functions' 30 s. The header is
+    dropped before the retry is decided; a throttling that lasts fails the request, and the layer above waits
+    (the flow asks again after BatchWaitMs, the workflow's Retry backs off from 1 s).
+    """
+    service = client.meta.service_model.service_id.hyphenize()
+    client.meta.events.register_first(f"needs-retry.{service}", _drop_retry_after)
+    return client
+
+
+def _drop_retry_after(response=None, **_):
+    if response is not None and response[0] is not None:
+        response[0].headers.pop("x-amz-retry-after", None)
+
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # whole id: fullmatch (a `$` lets "id\n" by)

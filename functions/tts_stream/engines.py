@@ -315,12 +315,12 @@ def _shared_polly_client(region: str | None):
             import boto3
             from botocore.config import Config
 
-            _polly_clients[region] = boto3.session.Session().client(
+            _polly_clients[region] = config.bounded(boto3.session.Session().client(
                 "polly",
                 region_name=region,
                 # One quick retry inside the call; the workflow's Retry backs off for longer throttling.
                 config=Config(connect_timeout=2, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2}),
-            )
+            ))
         return _polly_clients[region]
 
 

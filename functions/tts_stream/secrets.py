@@ -126,8 +126,8 @@ def _client(service: str, region: str | None):
             import boto3
 
             try:
-                _clients[service, region] = boto3.session.Session().client(
-                    service, region_name=region, config=config.WORKFLOW_CLIENT_CONFIG)
+                _clients[service, region] = config.bounded(boto3.session.Session().client(
+                    service, region_name=region, config=config.WORKFLOW_CLIENT_CONFIG))
             except NoRegionError:
                 raise PermanentSynthesisError(
                     f"no AWS region to read {service} secrets in: set AWS_REGION or give the secret's ARN"

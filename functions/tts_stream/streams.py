@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from tts_stream import batches, conversation, manifest, pipeline
+from tts_stream import batches, config, conversation, manifest, pipeline
 from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
 from tts_stream.errors import (InvalidInput, StreamCancelled, StreamConflict, is_throttling, is_transient_aws_error,
                                shown)
@@ -54,8 +54,9 @@ class Clients:
 
 def aws_clients() -> Clients:
     """ConnectFunction's clients, each bounded by CLIENT_CONFIG."""
-    return Clients(ddb=boto3.client("dynamodb", config=CLIENT_CONFIG), s3=boto3.client("s3", config=CLIENT_CONFIG),
-                   sfn=boto3.client("stepfunctions", config=START_CONFIG))
+    return Clients(ddb=config.bounded(boto3.client("dynamodb", config=CLIENT_CONFIG)),
+                   s3=config.bounded(boto3.client("s3", config=CLIENT_CONFIG)),
+                   sfn=config.bounded(boto3.client("stepfunctions", config=START_CONFIG)))
 
 
 @dataclass

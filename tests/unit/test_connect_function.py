@@ -12,7 +12,8 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.stub import Stubber
 
-from tts_stream import config, streams
+import workflow
+from tts_stream import config, engines, secrets, streams
 
 STREAM = "contact-1-abcdef012345"
 EVENT = {"Name": "ContactFlowEvent", "Details": {
@@ -132,17 +133,23 @@ class _Stalling(Counting):
 
 
 @pytest.fixture
-def stalling_dynamodb(monkeypatch):
+def aws_at(monkeypatch):
+    """Points every client made from here on at a loopback endpoint."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    return lambda url: monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+
+
+@pytest.fixture
+def stalling_dynamodb(aws_at):
     servers = []
 
     def start(answer_for_s):
         server = DynamoThatStalls(answer_for_s)
         servers.append(server)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        aws_at(server.url)
         return server
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
-        monkeypatch.setenv(name, value)
     yield start
     for server in servers:
         server.release.set()
@@ -253,3 +260,72 @@ def test_a_chat_start_sent_but_unanswered_leaves_the_turn_to_the_execution_that_
     # ... but neither kept (a second start would ask the bot again) nor failed: the running execution's answer
     # stays for a retry of the turn
     assert manifest_calls == []
+
+
+class ThrottlingWithRetryAfter(Loopback):
+    """A service throttling its first request and asking for a 5 s wait (x-amz-retry-after, in ms), then answering."""
+
+    def __init__(self):
+        self.arrived = []
+        super().__init__(_RetryAfter)
+
+
+class _RetryAfter(Counting):
+    server: ThrottlingWithRetryAfter
+
+    def respond(self):
+        self.server.arrived.append(time.monotonic())
+        if self.server.requests > 1:
+            answer_json(self, {})
+            return
+        body = json.dumps({"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException",
+                           "message": "Rate exceeded"}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("x-amz-retry-after", "5000")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _get_item(ddb):
+    ddb.get_item(TableName="t", Key={"k": {"S": "v"}})
+
+
+@pytest.fixture
+def own_client_caches():
+    """The process-wide clients of the workflow functions, made afresh for the loopback endpoint, and forgotten
+    afterwards so no later test sends to it."""
+    caches = (workflow._clients, secrets._clients, engines._polly_clients)
+    for cache in caches:
+        cache.clear()
+    yield
+    for cache in caches:
+        cache.clear()
+
+
+@pytest.mark.parametrize("make_client, send, bounded", [
+    (lambda: boto3.client("dynamodb", config=streams.CLIENT_CONFIG), _get_item, False),
+    (lambda: streams.aws_clients().ddb, _get_item, True),
+    (lambda: workflow._client("dynamodb"), _get_item, True),
+    (lambda: secrets._client("secretsmanager", "us-east-1"), lambda client: client.get_secret_value(SecretId="s"),
+     True),
+    (lambda: engines._shared_polly_client("us-east-1"),
+     lambda client: client.synthesize_speech(Text="Hi.", OutputFormat="pcm", VoiceId="Joanna"), True),
+], ids=["botocore-alone", "connect-function", "workflow-functions", "secrets", "polly"])
+def test_a_service_asking_for_a_long_wait_is_retried_within_our_own_backoff(aws_at, own_client_caches, make_client,
+                                                                          send, bounded):
+    # Given a service throttling a request and asking, through x-amz-retry-after, for a 5 s wait before the next try
+    server = ThrottlingWithRetryAfter()
+    aws_at(server.url)
+    try:
+        # When a client sends it
+        send(make_client())
+        waited_s = server.arrived[1] - server.arrived[0]
+    finally:
+        server.stop()
+    # Then our clients try again after standard mode's throttling backoff (at most 1 s), the wait every budget
+    # counts on (ConnectFunction's 4 s per request inside Connect's 8 s, the workflow functions' 30 s), where
+    # botocore alone (1.44 and newer, as the Lambda runtime may carry) waits the 5 s the service asked for
+    assert server.requests == 2
+    assert (waited_s < 2.5) == bounded, waited_s
