@@ -3,6 +3,7 @@ request to a server that never answers gives up in time. AWS is the outside worl
 or an HTTP server on 127.0.0.1 that stops answering."""
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +13,6 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.stub import Stubber
 
-import workflow
 from tts_stream import config, engines, secrets, streams
 
 STREAM = "contact-1-abcdef012345"
@@ -295,19 +295,32 @@ def _get_item(ddb):
 @pytest.fixture
 def own_client_caches():
     """The process-wide clients of the workflow functions, made afresh for the loopback endpoint, and forgotten
-    afterwards so no later test sends to it."""
-    caches = (workflow._clients, secrets._clients, engines._polly_clients)
+    afterwards so no later test sends to it. The workflow's handler module is forgotten too unless it was already
+    loaded: imported here, without the template's environment, its metrics would have no namespace."""
+    loaded = "workflow" in sys.modules
+    caches = (secrets._clients, engines._polly_clients)
     for cache in caches:
         cache.clear()
     yield
     for cache in caches:
         cache.clear()
+    if loaded:
+        sys.modules["workflow"]._clients.clear()
+    else:
+        sys.modules.pop("workflow", None)
+
+
+def _workflow_client():
+    import workflow
+
+    workflow._clients.clear()
+    return workflow._client("dynamodb")
 
 
 @pytest.mark.parametrize("make_client, send, bounded", [
     (lambda: boto3.client("dynamodb", config=streams.CLIENT_CONFIG), _get_item, False),
     (lambda: streams.aws_clients().ddb, _get_item, True),
-    (lambda: workflow._client("dynamodb"), _get_item, True),
+    (_workflow_client, _get_item, True),
     (lambda: secrets._client("secretsmanager", "us-east-1"), lambda client: client.get_secret_value(SecretId="s"),
      True),
     (lambda: engines._shared_polly_client("us-east-1"),
