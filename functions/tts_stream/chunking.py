@@ -134,9 +134,10 @@ _STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
 _TABLE_DELIMITER = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")  # |---|:--:|
 _TABLE_PIPE = re.compile(r"(?<!\\)\|")
 _CELL_END = re.compile(r"[\s.,;:]+$")
-# A cell that is only a check or a cross mark says yes or no: read as such, not dropped as an emoji would be.
-_MARK_CELLS = {mark: answer for marks, answer in (("✅✔☑✓", ("yes", "예")), ("❌✖❎✗✘", ("no", "아니요")))
+# A check or cross mark in a cell says yes or no: read as such (in the answer's language), not dropped as an emoji.
+_MARK_CELLS = {mark: answer for marks, answer in (("✅✔☑✓⭕○◯", ("yes", "예")), ("❌✖❎✗✘✕", ("no", "아니요")))
                for mark in marks}
+_MARK = re.compile("^([" + "".join(_MARK_CELLS) + "])[\ufe0e\ufe0f]?(?: +(.*))?$")
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
@@ -158,22 +159,24 @@ def normalize_for_speech(text: str) -> str:
     single-spaced text comes back unchanged.
 
     A table (GitHub's pipe syntax) is read a row at a time, each cell after its column's heading: "Basic,
-    Price $10, Data 5 GB." The heading row itself is not read out, except for a table of one column.
+    Price $10, Data 5 GB.", a check or cross mark as yes or no in the answer's language. The heading row itself is
+    not read out, except for a table of one column.
 
     The cleanup repeats until nothing changes, which makes the function idempotent even for nested
     Markdown such as `**[bold link](url)**`.
     """
     current = text
+    korean = detect_language(text) != "en"  # the voice's language, as pipeline.choose_voice picks it
     while True:
-        cleaned = _normalize_once(current)
+        cleaned = _normalize_once(current, korean)
         if cleaned == current:
             return cleaned
         current = cleaned
 
 
-def _normalize_once(text: str) -> str:
+def _normalize_once(text: str, korean: bool) -> str:
     text = unicodedata.normalize("NFC", text).translate(_INVISIBLE)
-    blocks = _blocks(text.splitlines())
+    blocks = _blocks(text.splitlines(), korean)
     kept = [(_strip_inline_markdown(line), is_item) for line, is_item in blocks]
     spoken_lines = [index for index, (line, _) in enumerate(kept) if line.strip()]
     next_spoken = dict(zip(spoken_lines, spoken_lines[1:]))  # each spoken line -> the next one, if any
@@ -199,9 +202,10 @@ def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char).startswith("P")
 
 
-def _blocks(lines: list[str]) -> list[tuple[str, bool]]:
+def _blocks(lines: list[str], korean: bool) -> list[tuple[str, bool]]:
     """Every line's text without block syntax, flagged when it is a heading or a list item; a table's rows become
     items of their own."""
+    lines = [_BLOCKQUOTE.sub("", line) for line in lines]
     blocks = []
     index = 0
     while index < len(lines):
@@ -212,31 +216,47 @@ def _blocks(lines: list[str]) -> list[tuple[str, bool]]:
                 blocks.append(block)
             index += 1
             continue
-        headings = _cells(lines[index])
-        blocks.extend((row, True) for row in _spoken_rows(headings, [_cells(line) for line in rows]))
+        headings = _cells(lines[index], korean)
+        blocks.extend((row, True) for row in _spoken_rows(headings, [_cells(line, korean) for line in rows]))
         index += 2 + len(rows)
     return blocks
 
 
 def _table_at(lines: list[str], index: int) -> list[str] | None:
-    """The body rows of the table whose heading row is `lines[index]`, or None when no table starts there. As in
-    GitHub Markdown, the delimiter row (|---|---|) under the heading row makes it a table (a count of cells that
-    differs from the headings' is forgiven: no cell goes unread), and the first line without a pipe ends it."""
+    """The body rows of the table whose heading row is `lines[index]`, or None when no table starts there. Like
+    GitHub Markdown's, but more lenient: the delimiter row (|---|---|) under the heading row makes it a table
+    whatever its count of cells (no cell goes unread), and it ends at a line without a pipe or one that starts
+    another block (a list item, a heading, a fence)."""
     if index + 1 >= len(lines) or "|" not in lines[index] or "|" not in lines[index + 1]:
         return None
     if not _TABLE_DELIMITER.match(lines[index + 1]):
         return None
     end = index + 2
-    while end < len(lines) and "|" in lines[end]:
+    while end < len(lines) and "|" in lines[end] and not _starts_block(lines[end]):
         end += 1
     return lines[index + 2:end]
 
 
-def _cells(line: str) -> list[str]:
+def _starts_block(line: str) -> bool:
+    return any(pattern.match(line) for pattern in (_BULLET, _NUMBERED, _HEADING, _FENCE_LINE))
+
+
+def _cells(line: str, korean: bool) -> list[str]:
+    """A table row's cells, each as it is said: without inline Markdown, emoji or closing punctuation, and a
+    check or cross mark as a word."""
     line = line.strip()
     line = line[1:] if line.startswith("|") else line
     line = line[:-1] if line.endswith("|") and not line.endswith("\\|") else line
-    return [_CELL_END.sub("", cell.strip().replace("\\|", "|")) for cell in _TABLE_PIPE.split(line)]
+    return [_said_cell(cell.strip().replace("\\|", "|"), korean) for cell in _TABLE_PIPE.split(line)]
+
+
+def _said_cell(cell: str, korean: bool) -> str:
+    cell = _strip_inline_markdown(cell).strip()
+    mark = _MARK.match(cell)
+    if mark:
+        word, rest = _MARK_CELLS[mark.group(1)][korean], mark.group(2)
+        cell = word if not rest else f"{word} {rest}" if rest.startswith("(") else f"{word}, {rest}"
+    return _CELL_END.sub("", _without_pictographs(_WHITESPACE.sub(" ", cell)))
 
 
 def _spoken_rows(headings: list[str], rows: list[list[str]]) -> list[str]:
@@ -244,9 +264,6 @@ def _spoken_rows(headings: list[str], rows: list[list[str]]) -> list[str]:
     if not rows or len(headings) == 1 and all(len(row) == 1 for row in rows):  # the headings, or a plain list
         lines = [", ".join(filter(None, headings))] + [row[0] for row in rows]
         return [line + "." for line in lines if line]
-    korean = any(_is_hangul(char) for row in [headings, *rows] for cell in row for char in cell)
-    rows = [[_MARK_CELLS[cell.rstrip("\ufe0f")][korean] if cell.rstrip("\ufe0f") in _MARK_CELLS else cell
-             for cell in row] for row in rows]
     spoken = []
     for label, *cells in rows:
         pairs = itertools.zip_longest(headings[1:], cells, fillvalue="")
@@ -257,10 +274,10 @@ def _spoken_rows(headings: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _strip_block_markdown(line: str) -> tuple[str, bool] | None:
-    """Remove a line's block syntax; None drops the line. The flag marks headings and list items."""
+    """Remove a line's block syntax (a blockquote's is gone already); None drops the line. The flag marks headings
+    and list items."""
     if _FENCE_LINE.match(line) or _RULE_LINE.match(line):
         return None
-    line = _BLOCKQUOTE.sub("", line)
     heading = _HEADING.match(line)
     if heading:
         return heading.group(1), True

@@ -202,11 +202,19 @@ def test_normalize_is_idempotent_on_nested_markdown():
         ("Plans\n| Plan | Price |\n|---|---|\n| Basic | $10 |\nThat is all.", "Plans. Basic, Price $10. That is all."),
         ("| | Price |\n|---|---|\n| Basic | |\n| | $20 |", "Basic. Price $20."),
         ("| Plan | Roaming | 5G |\n|---|---|---|\n| Basic | ❌ | ✅ |\n| Plus | ✔️ | 😊 |",
-         "Basic, Roaming no, 5G yes. Plus, Roaming yes, 5G."),
-        ("| 요금제 | 로밍 |\n|---|---|\n| 기본 | ❌ |\n| 플러스 | ✅ |", "기본, 로밍 아니요. 플러스, 로밍 예."),
+         "Basic, Roaming no, 5G yes. Plus, Roaming yes."),
+        ("| 요금제 | 로밍 |\n|---|---|\n| 기본 | ❌ |\n| 플러스 | ⭕ |", "기본, 로밍 아니요. 플러스, 로밍 예."),
+        ("Our stores:\n\n| Store | Open Sundays |\n|---|---|\n| Gangnam (강남) | ✅ |\n| Hongdae | ❌ |",
+         "Our stores: Gangnam (강남), Open Sundays yes. Hongdae, Open Sundays no."),
+        ("| Plan | Roaming |\n|---|---|\n| Basic | **✅** (fee) |\n| Plus | ❌ Coming soon |\n| Max | ✔\ufe0e |",
+         "Basic, Roaming yes (fee). Plus, Roaming no, Coming soon. Max, Roaming yes."),
+        ("> | Plan | Price |\n> |---|---|\n> | Basic | $10 |", "Basic, Price $10."),
+        ("| Plan | Price |\n|---|---|\n| Basic | $10 |\n- Note: prices | taxes extra",
+         "Basic, Price $10. Note: prices | taxes extra"),
     ],
     ids=["one-column", "headings-only", "escaped-pipe-and-short-row", "delimiter-of-another-width",
-         "lead-in-and-text-after", "empty-cells", "check-and-cross-marks", "check-and-cross-marks-ko"],
+         "lead-in-and-text-after", "empty-cells", "check-and-cross-marks", "check-and-cross-marks-ko",
+         "marks-in-the-answers-language", "marks-with-words-and-markup", "in-a-blockquote", "ended-by-a-list-item"],
 )
 def test_a_table_is_read_a_row_at_a_time(text, spoken):
     assert normalize_for_speech(text) == spoken

@@ -263,7 +263,7 @@ def test_a_chat_start_sent_but_unanswered_leaves_the_turn_to_the_execution_that_
 
 
 class ThrottlingWithRetryAfter(Loopback):
-    """A service throttling its first request and asking for a 5 s wait (x-amz-retry-after, in ms), then answering."""
+    """A service throttling its first request and asking for a 3 s wait (x-amz-retry-after, in ms), then answering."""
 
     def __init__(self):
         self.arrived = []
@@ -282,7 +282,7 @@ class _RetryAfter(Counting):
                            "message": "Rate exceeded"}).encode()
         self.send_response(400)
         self.send_header("Content-Type", "application/x-amz-json-1.0")
-        self.send_header("x-amz-retry-after", "5000")
+        self.send_header("x-amz-retry-after", "3000")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -328,7 +328,7 @@ def _workflow_client():
 ], ids=["botocore-alone", "connect-function", "workflow-functions", "secrets", "polly"])
 def test_a_service_asking_for_a_long_wait_is_retried_within_our_own_backoff(aws_at, own_client_caches, make_client,
                                                                           send, bounded):
-    # Given a service throttling a request and asking, through x-amz-retry-after, for a 5 s wait before the next try
+    # Given a service throttling a request and asking, through x-amz-retry-after, for a 3 s wait before the next try
     server = ThrottlingWithRetryAfter()
     aws_at(server.url)
     try:
@@ -337,8 +337,8 @@ def test_a_service_asking_for_a_long_wait_is_retried_within_our_own_backoff(aws_
         waited_s = server.arrived[1] - server.arrived[0]
     finally:
         server.stop()
-    # Then our clients try again after standard mode's throttling backoff (at most 1 s), the wait every budget
-    # counts on (ConnectFunction's 4 s per request inside Connect's 8 s, the workflow functions' 30 s), where
-    # botocore alone (1.44 and newer, as the Lambda runtime may carry) waits the 5 s the service asked for
+    # Then our clients try again after standard mode's throttling backoff (at most 1 s before the first resend),
+    # the wait every budget counts on (ConnectFunction's 4 s per request inside Connect's 8 s, the workflow
+    # functions' 30 s), where botocore alone (1.44 and newer, as the Lambda runtime may carry) waits as asked
     assert server.requests == 2
     assert (waited_s < 2.5) == bounded, waited_s
