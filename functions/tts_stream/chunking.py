@@ -253,9 +253,9 @@ def _cells(line: str, korean: bool) -> list[str]:
 def _said_cell(cell: str, korean: bool) -> str:
     cell = _strip_inline_markdown(cell).strip()
     mark = _MARK.match(cell)
-    if mark:
-        word, rest = _MARK_CELLS[mark.group(1)][korean], mark.group(2)
-        cell = word if not rest else f"{word} {rest}" if rest.startswith("(") else f"{word}, {rest}"
+    if mark:  # "✅" -> "yes", "✅ (fee)" -> "yes (fee)", "❌ Coming soon" -> "no, Coming soon"
+        word, rest = _MARK_CELLS[mark.group(1)][korean], mark.group(2) or ""
+        cell = word + ("" if not rest else " " + rest if rest.startswith("(") else ", " + rest)
     return _CELL_END.sub("", _without_pictographs(_WHITESPACE.sub(" ", cell)))
 
 

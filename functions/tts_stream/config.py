@@ -38,6 +38,7 @@ def _drop_retry_after(response=None, **_):
     if response is not None and response[0] is not None:
         response[0].headers.pop("x-amz-retry-after", None)
 
+
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # whole id: fullmatch (a `$` lets "id\n" by)
