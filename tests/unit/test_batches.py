@@ -2,7 +2,7 @@
 
 import pytest
 
-from tts_stream.batches import MAX_BATCH_SIZE, clamp_batch_size, next_batch, parse_index
+from tts_stream.batches import MAX_BATCH_SIZE, Batch, clamp_batch_size, next_batch, parse_index
 from tts_stream.errors import InvalidInput
 from tts_stream.manifest import Manifest
 
@@ -48,6 +48,14 @@ def test_following_next_index_hands_out_every_part_once_in_order():
     assert played == [0, 1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_a_batch_holds_at_most_the_flows_play_blocks_and_the_next_one_goes_on_from_there(size):
+    # The flow plays Part0Url..Part{size-1}Url: a part handed out past them would be skipped.
+    result = batch(stream(status="complete", ready=range(6)), 0, size)
+    assert result.indexes == tuple(range(size))
+    assert result.next_index == size and not result.final
+
+
 def test_the_same_request_gives_the_same_batch():
     found = stream(ready=[0, 1, 2])
     assert batch(found, 1) == batch(found, 1)
@@ -74,11 +82,33 @@ def test_a_failed_stream_waits_for_parts_before_the_failure():
     assert not batch(found, 0).final  # part 1 may still come
 
 
+def test_a_failed_stream_stops_at_the_failure_even_if_that_part_turns_up_later():
+    # A twin run may mark the failed part ready after the failure was recorded: the stream still ends there.
+    found = stream(status="failed", ready=[0, 1, 2, 3, 4, 5], failed_index=2)
+    result = batch(found, 0)
+    assert result.indexes == (0, 1) and result.next_index == 2 and result.final
+
+
+def test_a_stream_that_failed_before_it_was_planned_is_final_with_nothing_to_play():
+    found = Manifest(stream_id="s1", status="failed", error="the chatbot did not answer", created_ms=NOW)
+    result = batch(found)
+    assert result.indexes == () and result.final
+    assert result.status == "failed" and result.error == "the chatbot did not answer"
+
+
+def test_a_cancelled_stream_plays_nothing_more_however_much_is_ready():
+    result = batch(stream(status="cancelled", ready=range(6)), 2)
+    assert result == Batch("s1", "cancelled", (), 2, True, "")
+
+
 def test_a_stream_that_never_moves_ends_as_failed_after_the_timeout():
     found = stream(status="streaming", ready=[0], created_ms=NOW - TIMEOUT - 1)
     result = batch(found, 1)
     assert result.final and result.status == "failed"
-    assert "timed out" in result.error
+    assert "timed out waiting for part 1" in result.error
+    # Not a moment before: at the timeout itself the flow still waits.
+    on_time = batch(stream(status="streaming", ready=[0], created_ms=NOW - TIMEOUT), 1)
+    assert not on_time.final and on_time.status == "streaming"
 
 
 def test_a_starting_stream_has_no_parts_and_is_not_final():
@@ -92,15 +122,22 @@ def test_next_index_past_the_end_is_an_error():
         batch(stream(status="complete", ready=range(6)), 9)
 
 
-@pytest.mark.parametrize("raw, expected", [("1", 1), ("5", 5), (" 3 ", 3), ("10", 10), ("11", MAX_BATCH_SIZE),
-                                           ("999999", MAX_BATCH_SIZE)])
+@pytest.mark.parametrize("raw, expected", [("1", 1), ("5", 5), (" 3 ", 3), ("10", 10), ("11", 10), ("999999", 10)])
 def test_batch_size_is_clamped_to_what_a_reply_carries(raw, expected):
+    # Ten: the README says BatchSize is clamped to 10 (Part0Url..Part9Url at most).
+    assert MAX_BATCH_SIZE == 10
     assert clamp_batch_size(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "abc", "", "1.5", None, True, "1e3", "9999999"])
 def test_bad_batch_sizes_are_rejected_with_the_parameter_named(raw):
     with pytest.raises(InvalidInput, match="BatchSize"):
+        clamp_batch_size(raw)
+
+
+@pytest.mark.parametrize("raw, said", [(True, "got bool"), (1.0, "got float"), ([1], "got list"), (None, "got NoneType")])
+def test_a_batch_size_that_is_not_a_string_says_what_it_was(raw, said):
+    with pytest.raises(InvalidInput, match=f"BatchSize must be a whole number given as a string, {said}"):
         clamp_batch_size(raw)
 
 
