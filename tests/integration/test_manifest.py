@@ -241,6 +241,25 @@ def test_finishing_a_stream_whose_parts_are_all_ready_is_one_write(ddb, table, s
     assert manifest.finish(ddb, table, stream_id).status == "complete"
 
 
+def test_every_read_of_a_manifest_is_strongly_consistent(ddb, table, stream_id):
+    # An eventually consistent read may miss a ready mark made a moment ago, and the caller waits a poll longer
+    # (moto answers both kinds alike, so the request itself is checked)
+    planned(ddb, table, stream_id)
+    sent = []
+
+    def record(params, **_):
+        sent.append(params.get("ConsistentRead"))
+
+    ddb.meta.events.register("provide-client-params.dynamodb.GetItem", record)
+    try:
+        manifest.read(ddb, table, stream_id)
+        manifest.read(ddb, table, stream_id, with_texts=True)
+        manifest.read_planned(ddb, table, stream_id, "a" * 64)
+    finally:
+        ddb.meta.events.unregister("provide-client-params.dynamodb.GetItem", record)
+    assert sent == [True, True, True]
+
+
 def test_a_ready_mark_past_the_last_part_is_refused_and_cannot_stand_for_a_missing_part(ddb, table, stream_id):
     # Given a stream of three parts, two of them ready
     planned(ddb, table, stream_id, total=3)
