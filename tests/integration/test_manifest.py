@@ -55,6 +55,24 @@ def test_a_stream_still_starting_keeps_its_workflow_start_too(ddb, table, stream
     assert not manifest.keep_start(ddb, table, stream_id, {"stream_id": stream_id, "question": "q"})
 
 
+@pytest.mark.parametrize("status, failed_index, plays", [
+    ("starting", None, True), ("streaming", None, True),
+    ("failed", 3, True),  # parts 0..2 may still come (part 0 may be a run of its own)
+    ("failed", 0, False), ("failed", None, False),  # failed at its first part, or before it was planned
+    ("complete", None, False), ("cancelled", None, False)])
+def test_a_stream_still_plays_while_a_part_before_its_end_may_still_come(status, failed_index, plays):
+    assert manifest.still_plays(manifest.Manifest("s", status, total=5, failed_index=failed_index)) is plays
+
+
+def test_a_stream_failed_after_its_first_parts_still_keeps_a_start_for_them(ddb, table, stream_id):
+    planned(ddb, table, stream_id)
+    manifest.mark_part_failed(ddb, table, stream_id, 3, "the engine rejected it")
+    start = {"stream_id": stream_id, "first_part": "only"}
+    assert manifest.keep_start(ddb, table, stream_id, start)
+    assert manifest.keep_start(ddb, table, stream_id, start)  # a resend: kept already, and still wanted
+    assert manifest.take_starts(ddb, table, stream_id) == [start]
+
+
 def test_the_lowest_failed_index_is_kept_whatever_order_failures_arrive_in(ddb, table, stream_id):
     planned(ddb, table, stream_id)
     assert manifest.mark_part_failed(ddb, table, stream_id, 3, "third")
@@ -75,8 +93,10 @@ def test_a_second_plan_of_the_same_input_returns_what_is_still_missing(ddb, tabl
     planned(ddb, table, stream_id, total=4)
     manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
     manifest.mark_ready(ddb, table, stream_id, 2, now_ms=now_ms())
-    again = planned(ddb, table, stream_id, total=4)
+    again, planned_now = manifest.plan(ddb, table, stream_id, "a" * 64, texts=[f"Part {i}. " for i in range(4)],
+                                       engine="espeak", voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)
     assert sorted(again.ready) == [0, 2] and again.total == 4
+    assert not planned_now  # counted planned once, by the first plan
     with pytest.raises(StreamConflict, match="different text"):
         planned(ddb, table, stream_id, total=4, input_hash="b" * 64)
 
@@ -86,8 +106,34 @@ def test_a_plan_repeated_after_the_stream_failed_before_planning_has_nothing_to_
     content = pipeline.input_hash(text, "", "auto")
     manifest.begin(ddb, table, stream_id, content, now_ms=now_ms(), ttl_hours=1)
     assert manifest.fail_stream(ddb, table, stream_id, "rejected")
+    assert manifest.read(ddb, table, stream_id).failed_index == 0  # not planned: it fails at its first part
     result = pipeline.plan_stream(ddb, load_settings(), {"stream_id": stream_id, "text": text}, now_ms=now_ms())
     assert result["parts"] == []
+
+
+def test_the_first_plan_says_it_planned_the_stream(ddb, table, stream_id):
+    manifest.begin(ddb, table, stream_id, "a" * 64, now_ms=now_ms(), ttl_hours=1)
+    found, planned_now = manifest.plan(ddb, table, stream_id, "a" * 64, texts=["One. ", "Two. "], engine="espeak",
+                                       voice="en-us", language="en", now_ms=now_ms(), ttl_hours=1)
+    assert planned_now and found.status == "streaming" and found.total == 2
+
+
+def test_no_mark_or_failure_creates_a_stream_that_does_not_exist(ddb, table, stream_id):
+    # A late delivery for a stream gone past its TTL (or never made) must not leave a half item behind
+    assert not manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
+    assert not manifest.mark_part_failed(ddb, table, stream_id, 0, "too late")
+    assert not manifest.fail_stream(ddb, table, stream_id, "too late")
+    assert "Item" not in ddb.get_item(TableName=table, Key={"stream_id": {"S": stream_id}}, ConsistentRead=True)
+
+
+def test_failing_a_stream_with_nothing_left_to_fail_says_so(ddb, table, stream_id):
+    planned(ddb, table, stream_id, total=2)
+    for i in (0, 1):
+        manifest.mark_ready(ddb, table, stream_id, i, now_ms=now_ms())
+    assert not manifest.fail_stream(ddb, table, stream_id, "the Map failed")  # every part is ready
+    manifest.finish(ddb, table, stream_id)
+    assert not manifest.fail_stream(ddb, table, stream_id, "the Map failed")  # complete
+    assert manifest.read(ddb, table, stream_id).status == "complete"
 
 
 def test_a_cancelled_stream_takes_no_more_ready_marks(ddb, table, stream_id):
@@ -110,8 +156,9 @@ def test_a_workflow_failure_after_planning_fails_at_the_first_part_not_ready(ddb
 
 def test_finishing_a_stream_that_was_never_planned_does_not_call_it_complete(ddb, table, stream_id):
     manifest.begin(ddb, table, stream_id, "c" * 64, now_ms=now_ms(), ttl_hours=1)
-    finished = manifest.finish(ddb, table, stream_id)
+    finished = manifest.finish(ddb, table, stream_id, reason="the chatbot did not answer")
     assert finished.status == "failed" and finished.failed_index == 0
+    assert finished.error == "the chatbot did not answer"  # the run's reason, when nothing was recorded before
 
 
 def test_only_one_of_many_concurrent_retries_may_restart_a_starting_stream(ddb, table, stream_id):
