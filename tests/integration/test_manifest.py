@@ -398,6 +398,18 @@ def test_a_create_whose_answer_was_lost_and_resent_is_still_ours(ddb, table, str
     assert not again
 
 
+@pytest.mark.parametrize("create", ["begin", "begin_planned"])
+def test_a_stream_expires_its_ttl_hours_after_it_was_created(ddb, table, stream_id, create):
+    created_ms = now_ms()
+    if create == "begin":
+        manifest.begin(ddb, table, stream_id, "e" * 64, now_ms=created_ms, ttl_hours=3)
+    else:
+        manifest.begin_planned(ddb, table, stream_id, "e" * 64, texts=["One. "], engine="espeak", voice="en-us",
+                               language="en", now_ms=created_ms, ttl_hours=3)
+    item = ddb.get_item(TableName=table, Key={"stream_id": {"S": stream_id}}, ConsistentRead=True)["Item"]
+    assert int(item["expires_at"]["N"]) == created_ms // 1000 + 3 * 3600  # epoch seconds, as DynamoDB's TTL reads
+
+
 def test_a_stream_past_its_ttl_is_gone_and_its_id_starts_afresh(ddb, table, stream_id):
     # Given a stream that failed two hours ago and outlived its 1-hour TTL, which DynamoDB has not deleted yet
     two_hours_ago = now_ms() - 2 * 3600 * 1000
