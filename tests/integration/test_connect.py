@@ -133,6 +133,22 @@ def test_a_one_part_answer_is_final_in_the_start_reply_and_needs_no_workflow(clo
     assert found.status == "complete" and found.total == 1 and reply["Part0Url"].endswith("/" + found.key_of(0))
 
 
+@pytest.mark.parametrize("asked, pinned", [({"Voice": "en"}, ("en", "en")),
+                                           ({"Language": "ko"}, (None, "ko"))])
+def test_without_the_inline_first_part_the_workflow_plans_the_voice_and_language_asked(cloud, setting, stream_id,
+                                                                                       asked, pinned):
+    # InlineFirstPart off (or an engine it does not serve): the workflow plans the stream from what it is handed
+    setting("INLINE_FIRST_PART", "false")
+    text = f"Your reference is {stream_id[5:13]}. Your new phone shipped today."  # not in the prompt cache
+    reply = cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, Text=text, **asked))
+    assert reply["Status"] in ("starting", "streaming", "complete"), reply
+    runs.wait_for_executions(cloud)
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id)
+    assert found.status == "complete"
+    voice, language = pinned
+    assert found.language == language and found.voice == (voice or load_settings().voice_ko or "ko")
+
+
 def test_a_batch_is_the_contiguous_ready_prefix_even_when_later_parts_are_ready(cloud, make_stream, stream_id):
     stream = make_stream(stream_id, 6).ready(0, 1, 3, 4)
 
