@@ -136,6 +136,17 @@ def test_failing_a_stream_with_nothing_left_to_fail_says_so(ddb, table, stream_i
     assert manifest.read(ddb, table, stream_id).status == "complete"
 
 
+def test_a_plan_after_a_later_part_failed_speaks_only_the_parts_before_it(ddb, table, stream_id):
+    # A part after the failure never plays: synthesizing it would be engine time for nothing
+    planned(ddb, table, stream_id, total=5)
+    manifest.mark_ready(ddb, table, stream_id, 1, now_ms=now_ms())
+    manifest.mark_part_failed(ddb, table, stream_id, 3, "the engine rejected it")
+    found = manifest.read(ddb, table, stream_id, with_texts=True)
+    output = pipeline.plan_output(stream_id, found, load_settings(), first="", cache_on=False, planned_here=False,
+                                  now_ms=now_ms())
+    assert [part["index"] for part in output["parts"]] == [0, 2]
+
+
 def test_a_cancelled_stream_takes_no_more_ready_marks(ddb, table, stream_id):
     planned(ddb, table, stream_id)
     assert manifest.mark_ready(ddb, table, stream_id, 0, now_ms=now_ms())
