@@ -392,7 +392,10 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
     get_next_batch. Starting a turn cancels the one before it."""
     params = request.params
     batch_size = _batch_size(params)
-    check_stream_id(request.contact_id or None)
+    if not request.contact_id:
+        raise InvalidInput("chat_and_stream needs the event's ContactId (Details.ContactData.ContactId): a "
+                           "conversation is kept per contact")
+    check_stream_id(request.contact_id)
     question = pipeline.check_question(params.get("Question"), settings)
     _, voice, language = pipeline.check_content("x", params.get("Voice"), params.get("Language"), settings)
     previous = batches.parse_index(params.get("PreviousTurn") or "0", "PreviousTurn")

@@ -297,6 +297,10 @@ class VirtualClock:
     (event(Action="get_next_batch", StreamId="s1", NextIndex="lots", BatchSize=5), "error", "NextIndex must be"),
     (event(Action="get_next_batch", StreamId="s1", NextIndex=0, BatchSize=0), "error", "BatchSize must be at least 1"),
     (event(Action="get_next_batch", StreamId="never-started", NextIndex=0, BatchSize=5), "not_found", "does not exist"),
+    (event(Action="stop", StreamId="never-started"), "not_found", "stream never-started does not exist"),
+    (event(contact_id="", Action="chat_and_stream", Question="Hi?"), "error", "chat_and_stream needs the event's "
+                                                                             "ContactId"),
+    (event(contact_id="../x", Action="chat_and_stream", Question="Hi?"), "error", "stream id '../x' is not valid"),
     (event(Action="start_stream", BatchSize=5), "error", "text is missing"),
     (event(Action="start_stream", BatchSize=5, Text="x" * 20001), "error", "the most a stream takes is 20000"),
     (event(Action="start_stream", BatchSize=5, Text="Hi.", Language="fr"), "error", "language 'fr'"),
@@ -304,7 +308,7 @@ class VirtualClock:
     ([], "error", "not a Connect ContactFlowEvent"),
     ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
 ], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
-        "zero-batch", "unknown-stream", "no-text", "huge-text", "unknown-language", "details-not-a-map",
+        "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact", "no-text", "huge-text", "unknown-language", "details-not-a-map",
         "not-an-object", "parameters-not-a-map"])
 def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
     reply = cloud.invoke("ConnectFunction", bad)
