@@ -201,3 +201,36 @@ def test_the_chat_auth_secret_is_sent_stripped_and_a_bad_one_is_never_logged(clo
     else:  # a value no header can carry is the apology, named but never quoted (chat_error is logged)
         assert bot.authorizations == [] and asked["text"] == chat.APOLOGY["en"]
         assert "CHAT_AUTH_SECRET" in asked["chat_error"] and "s3cr3t" not in asked["chat_error"]
+
+
+def test_a_new_turn_cancels_the_turn_before_it_without_a_stop(cloud, bot, setting, monkeypatch):
+    # Given a long answer still being spoken (a slow engine, two parts at a time) when the caller asks again, as
+    # after a barge-in through a Lex block, where the flow never calls stop
+    setting("MAP_MAX_CONCURRENCY", 2)
+    setting("CHUNK_TARGET_CHARS", 60)
+    real = engines.get_engine
+
+    def slow_engine(name, settings=None):
+        engine = real(name, settings)
+        speak = engine.synthesize
+        engine.synthesize = lambda text, voice: (time.sleep(0.2), speak(text, voice))[1]
+        return engine
+
+    monkeypatch.setattr(engines, "get_engine", slow_engine)
+    contact = str(uuid.uuid4())
+
+    def ask(question, previous=""):
+        return cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
+            "ContactData": {"ContactId": contact},
+            "Parameters": {"Action": "chat_and_stream", "Question": question, "PreviousTurn": previous}}})
+
+    first = ask("Tell me everything about your plans, a long answer please.")
+    second = ask("What are your opening hours?", first["Turn"])
+    runs.wait_for_executions(cloud)
+
+    # Then the first turn's stream is cancelled (nothing more of it plays) and the second one is answered
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    assert (first["Turn"], second["Turn"]) == ("1", "2")
+    replaced = manifest.read(ddb, table, f"{contact}-t1")
+    assert replaced.status == "cancelled" and len(replaced.ready) < replaced.total
+    assert manifest.read(ddb, table, f"{contact}-t2").status == "complete"
