@@ -44,12 +44,7 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
         raise InvalidInput("text is missing or empty: give the answer to speak as a non-empty string")
     if len(text) > settings.max_text_chars:
         raise InvalidInput(f"text has {len(text)} characters; the most a stream takes is {settings.max_text_chars}")
-    if _CONTROL.search(text):
-        raise InvalidInput("text contains control characters; send plain text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("text is not valid Unicode (it holds a lone surrogate); send UTF-8 text") from None
+    _check_plain(text, "text")
     voice = voice or ""
     if not isinstance(voice, str) or (voice and not _VOICE_PATTERN.fullmatch(voice)):
         raise InvalidInput(f"voice {shown(voice)} is not a voice name (letters, digits, '-', '_', '+', '.')")
@@ -57,6 +52,15 @@ def check_content(text, voice, language, settings: Settings) -> tuple[str, str, 
     if language not in LANGUAGES:
         raise InvalidInput(f"language {shown(language)} is not supported; use one of {', '.join(LANGUAGES)}")
     return text, voice, language
+
+
+def _check_plain(text: str, name: str):
+    if _CONTROL.search(text):
+        raise InvalidInput(f"{name} contains control characters; send plain text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{name} is not valid Unicode (it holds a lone surrogate); send UTF-8 text") from None
 
 
 def choose_voice(text: str, voice: str, language: str, settings: Settings, engine) -> tuple[str, str]:
@@ -384,7 +388,8 @@ def check_question(question, settings: Settings) -> str:
         raise InvalidInput("Question is missing or empty: pass the caller's words (e.g. the Lex transcript)")
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidInput(f"Question has {len(question)} characters; the most accepted is {MAX_QUESTION_CHARS}")
-    return check_content(question, "", "auto", settings)[0].strip()
+    _check_plain(question, "Question")
+    return question.strip()
 
 
 def chat_backend(settings: Settings):

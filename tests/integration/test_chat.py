@@ -234,3 +234,16 @@ def test_a_new_turn_cancels_the_turn_before_it_without_a_stop(cloud, bot, settin
     replaced = manifest.read(ddb, table, f"{contact}-t1")
     assert replaced.status == "cancelled" and len(replaced.ready) < replaced.total
     assert manifest.read(ddb, table, f"{contact}-t2").status == "complete"
+
+
+@pytest.mark.parametrize("asked, pinned", [({"Voice": "en"}, ("en", "en")), ({"Language": "ko"}, (None, "ko"))])
+def test_a_turn_is_spoken_in_the_voice_and_language_the_flow_asks_for(cloud, bot, asked, pinned):
+    contact = str(uuid.uuid4())
+    cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
+        "ContactData": {"ContactId": contact},
+        "Parameters": {"Action": "chat_and_stream", "Question": "When will my order arrive?", **asked}}})
+    runs.wait_for_executions(cloud)
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), f"{contact}-t1")
+    voice, language = pinned
+    assert found.status == "complete"
+    assert found.language == language and found.voice == (voice or load_settings().voice_ko or "ko")

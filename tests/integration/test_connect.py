@@ -301,6 +301,10 @@ class VirtualClock:
     (event(contact_id="", Action="chat_and_stream", Question="Hi?"), "error", "chat_and_stream needs the event's "
                                                                              "ContactId"),
     (event(contact_id="../x", Action="chat_and_stream", Question="Hi?"), "error", "stream id '../x' is not valid"),
+    (event(Action="chat_and_stream", Question="  "), "error", "Question is missing or empty"),
+    (event(Action="chat_and_stream", Question="why " * 501), "error", "Question has 2004 characters; the most "
+                                                                      "accepted is 2000"),
+    (event(Action="chat_and_stream", Question="Hi\x07?"), "error", "Question contains control characters"),
     (event(Action="start_stream", BatchSize=5), "error", "text is missing"),
     (event(Action="start_stream", BatchSize=5, Text="x" * 20001), "error", "the most a stream takes is 20000"),
     (event(Action="start_stream", BatchSize=5, Text="Hi.", Language="fr"), "error", "language 'fr'"),
@@ -308,7 +312,8 @@ class VirtualClock:
     ([], "error", "not a Connect ContactFlowEvent"),
     ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
 ], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
-        "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact", "no-text", "huge-text", "unknown-language", "details-not-a-map",
+        "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact", "blank-question", "huge-question",
+        "control-question", "no-text", "huge-text", "unknown-language", "details-not-a-map",
         "not-an-object", "parameters-not-a-map"])
 def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
     reply = cloud.invoke("ConnectFunction", bad)
