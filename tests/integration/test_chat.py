@@ -247,3 +247,23 @@ def test_a_turn_is_spoken_in_the_voice_and_language_the_flow_asks_for(cloud, bot
     voice, language = pinned
     assert found.status == "complete"
     assert found.language == language and found.voice == (voice or load_settings().voice_ko or "ko")
+
+
+def test_a_chat_request_retried_while_the_bot_thinks_starts_no_second_workflow(cloud, bot, setting):
+    # Given a bot that takes 4 s of its 5, and a first request that stops waiting for part 0 after 0.5 s
+    setting("START_WAIT_MS", 500)
+    setting("CHAT_TIMEOUT_MS", 5000)
+    bot.faults.append(chatbot.Fault(delay_s=4.0))
+    request = {"Name": "ContactFlowEvent", "Details": {
+        "ContactData": {"ContactId": str(uuid.uuid4())},
+        "Parameters": {"Action": "chat_and_stream", "Question": "Where is my order?", "PreviousTurn": ""}}}
+    before = cloud.aws_calls.snapshot()
+    first = cloud.invoke("ConnectFunction", request)
+    # When Connect retries it later than a plain start would be restarted (2 s), while the stream still waits
+    time.sleep(2.2)
+    again = cloud.invoke("ConnectFunction", request)
+    runs.wait_for_executions(cloud)
+    # Then it is the same turn, and its one workflow asked the bot once: a second would ask it again
+    assert first["Turn"] == again["Turn"] == "1"
+    assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
+    assert len(bot.requests) == 1
