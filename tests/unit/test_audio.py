@@ -347,6 +347,9 @@ def ulaw_fmt(channels=1, rate=8000, byte_rate=8000, block_align=1, bits=8) -> by
     ("wav", "message"),
     [
         (b"ID3\x04 an mp3", "not a WAV file"),
+        (b"OggS" + bytes(60), "not a WAV file"),
+        (b"RIFF" + struct.pack("<I", 4) + b"AVI ", "not a WAV file"),
+        (riff(chunk(b"fmt ", ULAW_FMT[:14]), chunk(b"data", bytes(8))), "'fmt ' chunk has 14 bytes, fewer than the 16"),
         (pcm_wav(1, 8000, 2), "format tag is 1, not 7"),
         (riff(chunk(b"fmt ", ulaw_fmt(channels=2, byte_rate=16000, block_align=2)), chunk(b"data", bytes(8))),
          "audio has 2 channels, not 1"),
@@ -361,7 +364,7 @@ def ulaw_fmt(channels=1, rate=8000, byte_rate=8000, block_align=1, bits=8) -> by
         (ulaw_wav(bytes(100))[:-10], "RIFF size says the file has 158 bytes but it has 148"),
         (riff(chunk(b"fmt ", ULAW_FMT), b"data" + struct.pack("<I", 7) + bytes(7)), "odd size but no pad byte"),
     ],
-    ids=["mp3", "pcm16", "stereo", "16khz", "16bit", "byte-rate", "no-data", "no-fmt", "fact", "truncated", "no-pad"],
+    ids=["mp3", "ogg", "riff-not-wave", "short-fmt", "pcm16", "stereo", "16khz", "16bit", "byte-rate", "no-data", "no-fmt", "fact", "truncated", "no-pad"],
 )
 def test_reader_refuses_what_connect_would_not_play(wav, message):
     # Given a file that is not exactly 8 kHz mono u-law WAV
@@ -369,6 +372,12 @@ def test_reader_refuses_what_connect_would_not_play(wav, message):
     # Then it says what is wrong
     with pytest.raises(ValueError, match=message):
         read_connect_wav(wav)
+
+
+@pytest.mark.parametrize("pcm16, message", [(b"", "empty audio"), (bytes(3), "odd byte count 3")])
+def test_rms_dbfs_refuses_what_is_not_16_bit_pcm(pcm16, message):
+    with pytest.raises(ValueError, match=message):
+        rms_dbfs(pcm16)
 
 
 def test_rms_dbfs_measures_loudness():
