@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from tts_stream import cache, conversation, manifest, pipeline
+from tts_stream import cache, conversation, manifest, pipeline, streams
 from tts_stream.config import load as load_settings
 
 
@@ -139,3 +139,27 @@ def test_a_turn_whose_write_the_sdk_resent_after_a_lost_answer_is_still_started(
     turn = conversation.start_turn(Resends(talk.ddb), talk.table, talk.contact, 1, "h-two", now_ms=now_ms(),
                                    ttl_hours=1)
     assert turn == (2, f"{talk.contact}-t1")
+
+
+def test_a_turn_started_at_the_same_moment_as_another_is_an_error_reply_not_a_second_turn(cloud):
+    # Given two requests of one contact starting turns at once: the other one writes between our read and write
+    settings = load_settings()
+    contact = str(uuid.uuid4())
+    ddb, other = cloud.client("dynamodb"), cloud.client("dynamodb")
+    raced = []
+
+    def the_other_request_first(params, **_):
+        if params.get("TableName") == settings.conversation_table and not raced:
+            raced.append(conversation.start_turn(other, settings.conversation_table, contact, 0, "h-other",
+                                                 now_ms=now_ms(), ttl_hours=1))
+
+    ddb.meta.events.register("provide-client-params.dynamodb.UpdateItem", the_other_request_first)
+    clients = streams.Clients(ddb, cloud.client("s3"), cloud.client("stepfunctions"))
+    request = streams.Request({"Action": "chat_and_stream", "Question": "Hi?"}, contact, now_ms() + 8000)
+    reply = streams.chat_and_stream(clients, settings, request, clock=streams.Clock())
+
+    # Then ours starts nothing and says why, ending its loop (the flow plays its apology); the other keeps turn 1
+    assert raced == [(1, None)]
+    assert (reply["Status"], reply["Final"], reply["Count"]) == ("error", "true", "0")
+    assert f"another turn of contact {contact} started at the same moment" in reply["Error"]
+    assert manifest.read(ddb, settings.table_name, f"{contact}-t1") is None  # no stream begun for it here
