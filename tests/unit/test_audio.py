@@ -21,6 +21,7 @@ from tts_stream.audio import (
     ulaw_to_pcm16,
     ulaw_wav,
 )
+from tts_stream import audio
 from tts_stream.engines import EspeakEngine
 
 ULAW_SILENCE = 0xFF
@@ -388,3 +389,18 @@ def test_rms_dbfs_measures_loudness():
     # Then silence is -inf dBFS and the square wave is 0 dBFS
     assert rms_dbfs(silence) == -math.inf
     assert rms_dbfs(square) == pytest.approx(0, abs=0.01)
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 22050, 24000])  # 44.1 and 48 kHz are halved first
+def test_the_low_pass_filter_meets_its_design(sample_rate):
+    # Flat (within 0.1 dB) up to 3400 Hz, and at least 44 dB down from 4600 Hz, where Kaiser's formula aims at 45
+    taps = audio._low_pass_taps(sample_rate)
+    half = len(taps) // 2
+    assert len(taps) % 2 == 1 and taps == taps[::-1]  # symmetric and odd: _fir adds the pairs
+
+    def gain_db(hz):
+        response = sum(tap * math.cos(2 * math.pi * hz / sample_rate * (i - half)) for i, tap in enumerate(taps))
+        return 20 * math.log10(abs(response) or 1e-300)
+
+    assert max(abs(gain_db(hz)) for hz in range(0, 3401, 50)) < 0.1
+    assert max(gain_db(hz) for hz in range(4600, sample_rate // 2 + 1, 25)) < -44
