@@ -88,6 +88,52 @@ def test_a_lookup_dynamodb_keeps_leaving_unprocessed_gives_up_after_three_tries_
     assert no_sleep == [0.05, 0.1]
 
 
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize("retention_days, age_ms, hit", [
+    # Objects live 30 days; an entry is trusted until a day before that, and only with an hour to spare
+    (30, 0, True),
+    (30, 29 * 24 * HOUR_MS - 2 * HOUR_MS, True),
+    (30, 29 * 24 * HOUR_MS - HOUR_MS, False),
+    (30, 29 * 24 * HOUR_MS - HOUR_MS // 2, False),
+    (30, 40 * 24 * HOUR_MS, False),
+    (2, 22 * HOUR_MS, True),  # CacheRetentionDays lowered to 2: judged by the retention in force now
+    (2, 24 * HOUR_MS, False),
+    (1, 0, False),  # a day's retention leaves no day to spare: nothing is trusted
+])
+def test_an_entry_is_a_hit_only_while_its_object_outlives_the_call(ddb, retention_days, age_ms, hit):
+    now_ms = 1_700_000_000_000
+    key = "c" * 64
+    request = {TABLE: {"Keys": [{"cache_key": {"S": key}}], "ProjectionExpression": "cache_key, written_ms"}}
+    with Stubber(ddb) as stub:
+        stub.add_response("batch_get_item", {"Responses": {TABLE: [{"cache_key": {"S": key},
+                                                                    "written_ms": {"N": str(now_ms - age_ms)}}]}},
+                          {"RequestItems": request})
+        hits = cache.lookup(ddb, TABLE, [key], now_ms=now_ms, retention_days=retention_days)
+    assert hits == ({key} if hit else set())
+
+
+def test_an_entry_without_its_write_time_is_a_miss(ddb):
+    key = "d" * 64
+    request = {TABLE: {"Keys": [{"cache_key": {"S": key}}], "ProjectionExpression": "cache_key, written_ms"}}
+    with Stubber(ddb) as stub:
+        stub.add_response("batch_get_item", {"Responses": {TABLE: [{"cache_key": {"S": key}}]}},
+                          {"RequestItems": request})
+        assert cache.lookup(ddb, TABLE, [key], now_ms=1_700_000_000_000, retention_days=30) == set()
+
+
+def test_a_lookup_of_150_keys_is_two_requests_of_at_most_100(ddb):
+    wanted = sorted(keys(150))
+    with Stubber(ddb) as stub:
+        for chunk in (wanted[:100], wanted[100:]):
+            request = {TABLE: {"Keys": [{"cache_key": {"S": k}} for k in chunk],
+                               "ProjectionExpression": "cache_key, written_ms"}}
+            stub.add_response("batch_get_item", {"Responses": {TABLE: []}}, {"RequestItems": request})
+        assert cache.lookup(ddb, TABLE, wanted, now_ms=1_700_000_000_000, retention_days=30) == set()
+        stub.assert_no_pending_responses()
+
+
 def test_nothing_to_index_sends_nothing(ddb):
     with Stubber(ddb) as stub:
         cache.remember(ddb, TABLE, {}, retention_days=30)
