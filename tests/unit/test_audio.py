@@ -364,8 +364,13 @@ def ulaw_fmt(channels=1, rate=8000, byte_rate=8000, block_align=1, bits=8) -> by
          "'fact' chunk does not state"),
         (ulaw_wav(bytes(100))[:-10], "RIFF size says the file has 158 bytes but it has 148"),
         (riff(chunk(b"fmt ", ULAW_FMT), b"data" + struct.pack("<I", 7) + bytes(7)), "odd size but no pad byte"),
+        (riff(chunk(b"fmt ", ULAW_FMT), chunk(b"data", bytes(8)), b"LIS"), "truncated chunk header at byte 54"),
+        (riff(chunk(b"fmt ", ULAW_FMT), b"data" + struct.pack("<I", 80) + bytes(8)),
+         "chunk b'data' at byte 38 claims 80 bytes, past the end"),
+        (riff(chunk(b"fmt ", ULAW_FMT), chunk(b"data", bytes(8)), chunk(b"data", bytes(4))), "two b'data' chunks"),
     ],
-    ids=["mp3", "ogg", "riff-not-wave", "short-fmt", "pcm16", "stereo", "16khz", "16bit", "byte-rate", "no-data", "no-fmt", "fact", "truncated", "no-pad"],
+    ids=["mp3", "ogg", "riff-not-wave", "short-fmt", "pcm16", "stereo", "16khz", "16bit", "byte-rate", "no-data",
+         "no-fmt", "fact", "truncated", "no-pad", "cut-chunk-header", "chunk-past-the-end", "two-data-chunks"],
 )
 def test_reader_refuses_what_connect_would_not_play(wav, message):
     # Given a file that is not exactly 8 kHz mono u-law WAV
