@@ -13,7 +13,9 @@ from botocore.stub import Stubber
 
 import lex
 from localcloud import chatbot
+from tts_stream import config, pipeline
 from tts_stream.chat import MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
+from tts_stream.errors import InvalidInput
 
 
 def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
@@ -184,3 +186,9 @@ def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sent
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "max_tokens",
         "usage": {"inputTokens": 1, "outputTokens": 400, "totalTokens": 401}, "metrics": {"latencyMs": 5}})
     assert BedrockChat("model-x", client=client).ask("When?", []) == spoken
+
+
+def test_an_unknown_chat_backend_is_refused_naming_the_ones_there_are():
+    # The template allows only http and bedrock; a function run with another value (by hand) must say so
+    with pytest.raises(InvalidInput, match="chat backend 'lex' is not known; use http or bedrock"):
+        pipeline.chat_backend(config.load({"CHAT_BACKEND": "lex"}))
