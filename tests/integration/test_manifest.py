@@ -487,3 +487,23 @@ def test_record_failure_fails_a_stream_at_the_first_part_the_failed_run_answers_
     event = {"stream_id": stream_id, "first_part": role, "failure": {"Error": "States.TaskFailed", "Cause": "x"}}
     assert pipeline.record_failure(ddb, load_settings(), event)["recorded"]
     assert manifest.read(ddb, table, stream_id).failed_index == failed_at
+
+
+@pytest.mark.parametrize("failure, message", [
+    ({"Error": "States.TaskFailed", "Cause": '{"errorMessage": "the engine rejected it", "errorType": "X"}'},
+     "States.TaskFailed: the engine rejected it"),  # a Lambda error's message, not its JSON
+    ({"Error": "States.Timeout", "Cause": "ran past 60 s"}, "States.Timeout: ran past 60 s"),
+    ({"Error": "States.Timeout"}, "States.Timeout"),
+    ({"Cause": "x" * 2000}, "Error: " + "x" * 993),  # cut to 1,000 characters
+    (None, "unknown failure"),
+    ("a string", "unknown failure"),
+])
+def test_a_catch_result_becomes_a_one_line_reason(failure, message):
+    assert pipeline.failure_message(failure) == message
+
+
+def test_a_failure_with_no_usable_stream_id_is_not_recorded_and_says_why(ddb, table):
+    # It runs in the workflow's error path: bad input is answered, never raised
+    assert pipeline.record_failure(ddb, load_settings(), {"stream_id": "../x", "index": 0}) == {
+        "recorded": False, "error": "unknown failure"}
+    assert pipeline.record_failure(ddb, load_settings(), ["not", "an", "event"])["recorded"] is False
