@@ -1,6 +1,7 @@
 """The manifest's writes against DynamoDB (moto): each is one conditional update, so repeated, late and
 concurrent deliveries cannot corrupt a stream."""
 
+import json
 import threading
 import time
 
@@ -507,3 +508,22 @@ def test_a_failure_with_no_usable_stream_id_is_not_recorded_and_says_why(ddb, ta
     assert pipeline.record_failure(ddb, load_settings(), {"stream_id": "../x", "index": 0}) == {
         "recorded": False, "error": "unknown failure"}
     assert pipeline.record_failure(ddb, load_settings(), ["not", "an", "event"])["recorded"] is False
+
+
+def test_the_workflow_state_budget_keeps_room_for_every_parts_result_and_a_margin(monkeypatch):
+    # Plan's output must leave room in the 256 KiB state for the Map's results (32 bytes a part) and 8 KiB more
+    found = manifest.Manifest("s1", "streaming", total=100, texts=["Your order shipped today. "] * 100,
+                              engine="espeak", voice="en-us", language="en")
+
+    def plan_output():
+        return pipeline.plan_output("s1", found, load_settings(), first="", cache_on=False, planned_here=True,
+                                    now_ms=1)
+
+    monkeypatch.setattr(pipeline, "STATE_MAX_BYTES", 10**9)
+    size = len(json.dumps(plan_output(), ensure_ascii=False, separators=(",", ":")).encode())
+    needed = size + 32 * 100 + 8192
+    monkeypatch.setattr(pipeline, "STATE_MAX_BYTES", needed)
+    assert len(plan_output()["parts"]) == 100  # exactly at the budget: it fits
+    monkeypatch.setattr(pipeline, "STATE_MAX_BYTES", needed - 1)
+    with pytest.raises(InvalidInput, match=f"the answer makes 100 parts to speak, {needed} bytes of workflow state"):
+        plan_output()
