@@ -244,3 +244,24 @@ def test_a_call_can_use_a_teams_own_tts_server(tmp_path, rate, response):
     assert [p["index"] for p in report["parts"]] == list(range(report["total"]))
     heard = audio.read_connect_wav((tmp_path / "heard.wav").read_bytes())
     assert heard.sample_rate == 8000 and heard.duration_ms > 3000
+
+
+def test_with_a_teams_own_tts_server_the_workflow_speaks_part_0_too(cloud, setting):
+    # An HTTP server's time is its own: ConnectFunction does not speak part 0 on Connect's 8-second path
+    server, url = tts_server.serve()
+    setting("TTS_ENGINE", "http")
+    setting("TTS_URL", url)
+    contact = str(uuid.uuid4())
+    try:
+        reply = cloud.invoke("ConnectFunction", connect_event(contact, Action="start_stream", Text=unique_answer()))
+        runs.wait_for_executions(cloud)
+    finally:
+        server.stop()
+    sfn = cloud.client("stepfunctions")
+    arn = cloud.physical(runs.STATE_MACHINE)
+    started = [json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"])
+               for e in sfn.list_executions(stateMachineArn=arn)["executions"]]
+    ours = [given for given in started if given["stream_id"] == reply["StreamId"]]
+    assert len(ours) == 1 and "first_part" not in ours[0]  # one run, for every part
+    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), reply["StreamId"])
+    assert found.status == "complete" and found.engine == "http" and server.request_count == found.total
