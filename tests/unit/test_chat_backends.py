@@ -192,3 +192,26 @@ def test_an_unknown_chat_backend_is_refused_naming_the_ones_there_are():
     # The template allows only http and bedrock; a function run with another value (by hand) must say so
     with pytest.raises(InvalidInput, match="chat backend 'lex' is not known; use http or bedrock"):
         pipeline.chat_backend(config.load({"CHAT_BACKEND": "lex"}))
+
+
+def test_the_bedrock_backend_is_built_with_the_model_and_the_chat_timeout():
+    bot = pipeline.chat_backend(config.load({"CHAT_BACKEND": "bedrock", "BEDROCK_MODEL_ID": "model-x",
+                                             "CHAT_TIMEOUT_MS": "4000"}))
+    assert isinstance(bot, BedrockChat) and (bot.model_id, bot.timeout_s) == ("model-x", 4.0)
+
+
+TURN = {"stream_id": "c1-t1", "contact_id": "c1", "turn": 1, "question": "Where is my order?"}
+
+
+@pytest.mark.parametrize("event, message", [
+    (["not", "a", "map"], "the chat request must be a JSON object"),
+    ({**TURN, "turn": 0}, "turn must be a whole number from 1, got 0"),
+    ({**TURN, "turn": True}, "turn must be a whole number from 1, got True"),
+    ({**TURN, "turn": "1"}, "turn must be a whole number from 1, got '1'"),
+    ({**TURN, "contact_id": "../c"}, "stream id '../c' is not valid"),
+    ({**TURN, "question": ""}, "Question is missing or empty"),
+])
+def test_a_chat_step_refuses_bad_input_before_asking_anyone(event, message):
+    # ddb None: nothing may be read (and no bot asked) for input the step refuses
+    with pytest.raises(InvalidInput, match=message):
+        pipeline.ask_chatbot(None, config.load({}), event, now_ms=0)
