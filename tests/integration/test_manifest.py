@@ -527,3 +527,12 @@ def test_the_workflow_state_budget_keeps_room_for_every_parts_result_and_a_margi
     monkeypatch.setattr(pipeline, "STATE_MAX_BYTES", needed - 1)
     with pytest.raises(InvalidInput, match=f"the answer makes 100 parts to speak, {needed} bytes of workflow state"):
         plan_output()
+
+
+@pytest.mark.parametrize("status", ["cancelled", "complete"])
+def test_a_plan_delivered_again_after_the_stream_ended_speaks_nothing(status):
+    found = manifest.Manifest("s1", status, total=3, texts=["One. ", "Two. ", "Three. "], ready={0: 1},
+                              engine="espeak", voice="en-us", language="en")
+    output = pipeline.plan_output("s1", found, load_settings(), first="", cache_on=False, planned_here=False,
+                                  now_ms=1)
+    assert output["parts"] == []

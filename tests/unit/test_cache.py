@@ -172,3 +172,11 @@ def test_finish_records_the_outcome_even_when_the_cache_entries_cannot_be_writte
     # Then the stream is complete, and Finish says what was not indexed instead of failing the workflow
     assert result["status"] == "complete"
     assert result["indexed"] == 0 and "unprocessed" in result["index_error"]
+
+
+@pytest.mark.parametrize("prompt_cache, where", [("true", "cache/" + "e" * 64 + ".wav"),
+                                                 ("false", "streams/s1/part0002.wav")])
+def test_a_part_is_stored_in_the_prompt_cache_only_while_the_cache_is_on(prompt_cache, where):
+    # A part planned with the cache on may be spoken after PromptCache was turned off: then it is the stream's own
+    part = {"stream_id": "s1", "index": 2, "cache_key": "e" * 64}
+    assert pipeline.store_key(config.load({"PROMPT_CACHE": prompt_cache}), part) == where
