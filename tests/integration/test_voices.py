@@ -259,9 +259,10 @@ def test_with_a_teams_own_tts_server_the_workflow_speaks_part_0_too(cloud, setti
         server.stop()
     sfn = cloud.client("stepfunctions")
     arn = cloud.physical(runs.STATE_MACHINE)
-    started = [json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"])
-               for e in sfn.list_executions(stateMachineArn=arn)["executions"]]
-    ours = [given for given in started if given["stream_id"] == reply["StreamId"]]
+    executions = [e for page in sfn.get_paginator("list_executions").paginate(stateMachineArn=arn)
+                  for e in page["executions"]]  # a page holds 100: earlier tests ran many
+    started = [json.loads(sfn.describe_execution(executionArn=e["executionArn"])["input"]) for e in executions]
+    ours = [given for given in started if isinstance(given, dict) and given.get("stream_id") == reply["StreamId"]]
     assert len(ours) == 1 and "first_part" not in ours[0]  # one run, for every part
     found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), reply["StreamId"])
     assert found.status == "complete" and found.engine == "http" and server.request_count == found.total
