@@ -65,6 +65,31 @@ def test_history_keeps_only_the_last_turns(talk):
     assert questions(talk) == ["q6", "q7", "q8"]
 
 
+def test_history_shorter_than_its_window_forgets_nothing(talk):
+    for turn in (1, 2):
+        talk(turn - 1, f"h-{turn}")
+        record(talk, turn, f"q{turn}", f"a{turn}", keep=3)
+    assert questions(talk) == ["q1", "q2"]
+
+
+def test_a_window_of_one_keeps_the_last_exchange(talk):
+    for turn in (1, 2):
+        talk(turn - 1, f"h-{turn}")
+        record(talk, turn, f"q{turn}", f"a{turn}", keep=1)
+    assert questions(talk) == ["q2"]
+
+
+def test_a_conversation_expires_its_ttl_hours_after_its_last_turn_and_exchange(talk):
+    started_ms = now_ms()
+    conversation.start_turn(talk.ddb, talk.table, talk.contact, 0, "h-1", now_ms=started_ms, ttl_hours=2)
+    item = talk.ddb.get_item(TableName=talk.table, Key={"contact_id": {"S": talk.contact}})["Item"]
+    assert int(item["expires_at"]["N"]) == started_ms // 1000 + 2 * 3600
+    conversation.record_exchange(talk.ddb, talk.table, talk.contact, 1, "q1", "a1", earlier_turns={}, keep_turns=3,
+                                 now_ms=started_ms + 60_000, ttl_hours=2)
+    item = talk.ddb.get_item(TableName=talk.table, Key={"contact_id": {"S": talk.contact}})["Item"]
+    assert int(item["expires_at"]["N"]) == (started_ms + 60_000) // 1000 + 2 * 3600
+
+
 def test_history_keeps_the_last_exchanges_across_a_turn_without_one(talk):
     # Turn 4 was an apology: nothing recorded. Turn 1 must still fall out of a window of three exchanges.
     for turn in (1, 2, 3, 5):
