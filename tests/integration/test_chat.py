@@ -26,6 +26,38 @@ def spoken(turn):
     return " ".join(turn["texts"])
 
 
+def chat_event(contact: str, **params) -> dict:
+    return {"Name": "ContactFlowEvent", "Details": {
+        "ContactData": {"ContactId": contact}, "Parameters": {"Action": "chat_and_stream", **params}}}
+
+
+@pytest.fixture
+def slow_engine(setting, monkeypatch):
+    """An engine taking 200 ms a part, two parts at a time, short parts: a long answer is still being spoken
+    when the caller acts. Returns the texts spoken, in order."""
+    setting("MAP_MAX_CONCURRENCY", 2)
+    setting("CHUNK_TARGET_CHARS", 60)
+    spoken_parts = []
+    lock = threading.Lock()
+    real = engines.get_engine
+
+    def slow(name, settings=None):
+        engine = real(name, settings)
+        speak = engine.synthesize
+
+        def synthesize(text, voice):
+            time.sleep(0.2)
+            with lock:
+                spoken_parts.append(text)
+            return speak(text, voice)
+
+        engine.synthesize = synthesize
+        return engine
+
+    monkeypatch.setattr(engines, "get_engine", slow)
+    return spoken_parts
+
+
 def test_a_three_turn_call_hears_every_answer_in_order_once(cloud, bot):
     result = runs.run_chat_call(cloud, ["When will my order arrive?", "환불은 어떻게 하나요?", "What did I ask?"],
                                 speed=40)
@@ -115,8 +147,7 @@ def test_a_turn_whose_workflow_cannot_start_at_all_is_an_apology_at_once(cloud, 
     # Given a state machine that does not exist (a misconfigured stack): no retry would start it
     setting("STATE_MACHINE_ARN", "arn:aws:states:us-east-1:123456789012:stateMachine:missing")
     contact = str(uuid.uuid4())
-    reply = cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
-        "ContactData": {"ContactId": contact}, "Parameters": {"Action": "chat_and_stream", "Question": "Hello?"}}})
+    reply = cloud.invoke("ConnectFunction", chat_event(contact, Question="Hello?"))
 
     # Then the flow is told at once (it plays its apology), and no start is kept for later requests to retry
     assert reply["Status"] == "error" and reply["Final"] == "true" and "AWS request failed" in reply["Error"]
@@ -143,28 +174,9 @@ def test_a_failing_chatbot_becomes_a_spoken_apology_and_the_call_goes_on(cloud, 
     assert result["ended_by"] == "EndCall"
 
 
-def test_pressing_a_key_stops_the_answer_and_its_synthesis(cloud, bot, setting, monkeypatch):
+def test_pressing_a_key_stops_the_answer_and_its_synthesis(cloud, bot, slow_engine):
     # Given a slow engine (200 ms a part, two at a time) and a 40-sentence answer
-    setting("MAP_MAX_CONCURRENCY", 2)
-    setting("CHUNK_TARGET_CHARS", 60)
-    spoken_parts = []
-    lock = threading.Lock()
-    real = engines.get_engine
-
-    def slow_engine(name, settings=None):
-        engine = real(name, settings)
-        speak = engine.synthesize
-
-        def synthesize(text, voice):
-            time.sleep(0.2)
-            with lock:
-                spoken_parts.append(text)
-            return speak(text, voice)
-
-        engine.synthesize = synthesize
-        return engine
-
-    monkeypatch.setattr(engines, "get_engine", slow_engine)
+    spoken_parts = slow_engine
 
     # When the caller presses 1 during the second part, then asks something else
     result = runs.run_chat_call(cloud, ["Tell me everything about your plans, a long answer please.",
@@ -203,26 +215,13 @@ def test_the_chat_auth_secret_is_sent_stripped_and_a_bad_one_is_never_logged(clo
         assert "CHAT_AUTH_SECRET" in asked["chat_error"] and "s3cr3t" not in asked["chat_error"]
 
 
-def test_a_new_turn_cancels_the_turn_before_it_without_a_stop(cloud, bot, setting, monkeypatch):
-    # Given a long answer still being spoken (a slow engine, two parts at a time) when the caller asks again, as
-    # after a barge-in through a Lex block, where the flow never calls stop
-    setting("MAP_MAX_CONCURRENCY", 2)
-    setting("CHUNK_TARGET_CHARS", 60)
-    real = engines.get_engine
-
-    def slow_engine(name, settings=None):
-        engine = real(name, settings)
-        speak = engine.synthesize
-        engine.synthesize = lambda text, voice: (time.sleep(0.2), speak(text, voice))[1]
-        return engine
-
-    monkeypatch.setattr(engines, "get_engine", slow_engine)
+def test_a_new_turn_cancels_the_turn_before_it_without_a_stop(cloud, bot, slow_engine):
+    # Given a long answer still being spoken when the caller asks again, as after a barge-in through a Lex
+    # block, where the flow never calls stop
     contact = str(uuid.uuid4())
 
     def ask(question, previous=""):
-        return cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
-            "ContactData": {"ContactId": contact},
-            "Parameters": {"Action": "chat_and_stream", "Question": question, "PreviousTurn": previous}}})
+        return cloud.invoke("ConnectFunction", chat_event(contact, Question=question, PreviousTurn=previous))
 
     first = ask("Tell me everything about your plans, a long answer please.")
     second = ask("What are your opening hours?", first["Turn"])
@@ -239,9 +238,7 @@ def test_a_new_turn_cancels_the_turn_before_it_without_a_stop(cloud, bot, settin
 @pytest.mark.parametrize("asked, pinned", [({"Voice": "en"}, ("en", "en")), ({"Language": "ko"}, (None, "ko"))])
 def test_a_turn_is_spoken_in_the_voice_and_language_the_flow_asks_for(cloud, bot, asked, pinned):
     contact = str(uuid.uuid4())
-    cloud.invoke("ConnectFunction", {"Name": "ContactFlowEvent", "Details": {
-        "ContactData": {"ContactId": contact},
-        "Parameters": {"Action": "chat_and_stream", "Question": "When will my order arrive?", **asked}}})
+    cloud.invoke("ConnectFunction", chat_event(contact, Question="When will my order arrive?", **asked))
     runs.wait_for_executions(cloud)
     found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), f"{contact}-t1")
     voice, language = pinned
@@ -254,9 +251,7 @@ def test_a_chat_request_retried_while_the_bot_thinks_starts_no_second_workflow(c
     setting("START_WAIT_MS", 500)
     setting("CHAT_TIMEOUT_MS", 5000)
     bot.faults.append(chatbot.Fault(delay_s=4.0))
-    request = {"Name": "ContactFlowEvent", "Details": {
-        "ContactData": {"ContactId": str(uuid.uuid4())},
-        "Parameters": {"Action": "chat_and_stream", "Question": "Where is my order?", "PreviousTurn": ""}}}
+    request = chat_event(str(uuid.uuid4()), Question="Where is my order?", PreviousTurn="")
     before = cloud.aws_calls.snapshot()
     first = cloud.invoke("ConnectFunction", request)
     # When Connect retries it later than a plain start would be restarted (2 s), while the stream still waits

@@ -312,8 +312,8 @@ class VirtualClock:
     ([], "error", "not a Connect ContactFlowEvent"),
     ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
 ], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
-        "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact", "blank-question", "huge-question",
-        "control-question", "no-text", "huge-text", "unknown-language", "details-not-a-map",
+        "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact",
+        "blank-question", "huge-question", "control-question", "no-text", "huge-text", "unknown-language", "details-not-a-map",
         "not-an-object", "parameters-not-a-map"])
 def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
     reply = cloud.invoke("ConnectFunction", bad)
