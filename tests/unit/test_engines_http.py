@@ -74,6 +74,25 @@ def riff(tag: int, bits: int, data: bytes, rate: int = 22050, data_size: int | N
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
+def chunked_wav(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A RIFF WAVE of these (id, payload) chunks in this order, an odd-sized one padded as RIFF requires."""
+    body = b"WAVE" + b"".join(cid + struct.pack("<I", len(data)) + data + b"\x00" * (len(data) % 2)
+                              for cid, data in chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def pcm_fmt(channels: int = 1, rate: int = 16000) -> bytes:
+    return struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+
+
+def extensible_fmt(sub_tag: int, bits: int = 16, rate: int = 16000, length: int = 40) -> bytes:
+    """WAVE_FORMAT_EXTENSIBLE's fmt chunk (as ffmpeg and many servers write): the real format tag starts its
+    sub-format GUID, 24 bytes in. `length` below 40 cuts it short."""
+    guid = struct.pack("<H", sub_tag) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * bits // 8, bits // 8, bits, 22, bits, 4) + guid
+    return fmt[:length]
+
+
 def seconds_of(speech) -> float:
     return len(speech.pcm16) / 2 / speech.sample_rate
 
@@ -219,11 +238,27 @@ def test_a_malformed_answer_is_permanent_naming_the_problem(server, kind, proble
         (tts_server.body(riff(7, 8, b"\xff" * 4000), "audio/wav"), "u-law audio"),
         (tts_server.body(riff(1, 16, b"\x00" * 400, data_size=4000), "audio/wav"), "WAV is truncated"),
         (tts_server.body(b"\x00" * 400, "audio/L16"), "rate parameter of audio/L16 is missing"),
-        (tts_server.body(b"\x00" * 400, "application/octet-stream", X_Sample_Rate="fast"), "'fast'"),
+        (tts_server.body(b"\x00" * 400, "application/octet-stream", X_Sample_Rate="fast"),
+         "X-Sample-Rate header of application/octet-stream is 'fast': give a whole number"),
+        (tts_server.body(b"\x00" * 400, "audio/L16; rate=fast"), "rate parameter of audio/L16 is 'fast'"),
+        (tts_server.body(b"\x00" * 600, "audio/L16; rate=16000; channels=3"), "3 channels: send mono"),
         (tts_server.body(b"\x00" * 400), "no Content-Type"),
+        (tts_server.body(wav_bytes(b"\x00" * 600, channels=3), "audio/wav"), "3 channels: send mono"),
+        (tts_server.body(riff(1, 16, b""), "audio/wav"), "the audio holds no samples"),
+        (tts_server.body(chunked_wav((b"fmt ", pcm_fmt())), "audio/wav"), "the WAV has no 'data' chunk"),
+        (tts_server.body(chunked_wav((b"data", b"\x00" * 400), (b"fmt ", pcm_fmt())), "audio/wav"),
+         "no complete 'fmt ' chunk before its audio"),
+        (tts_server.body(chunked_wav((b"fmt ", pcm_fmt()[:14]), (b"data", b"\x00" * 400)), "audio/wav"),
+         "no complete 'fmt ' chunk before its audio"),
+        (tts_server.body(chunked_wav((b"fmt ", extensible_fmt(3, bits=32)), (b"data", b"\x00" * 400)), "audio/wav"),
+         "32-bit float audio: send 16-bit PCM"),
+        (tts_server.body(chunked_wav((b"fmt ", extensible_fmt(1, length=24)), (b"data", b"\x00" * 400)),
+                         "audio/wav"), "format tag 65534"),
     ],
     ids=["8-bit-wav", "float-wav", "ulaw-wav", "truncated-wav", "l16-without-rate", "octet-bad-rate",
-         "no-content-type"],
+         "l16-bad-rate", "l16-three-channels", "no-content-type", "three-channel-wav", "wav-without-samples",
+         "wav-without-data", "wav-data-before-fmt", "wav-short-fmt", "extensible-float-wav",
+         "extensible-wav-cut-before-its-sub-format"],
 )
 def test_audio_in_a_form_we_do_not_take_is_permanent(server, answer, problem):
     tts, url = server
@@ -244,6 +279,19 @@ def test_stereo_wav_is_mixed_down_to_mono(server):
     # Then it is one second of mono, each sample the mean of its two channels
     assert (speech.sample_rate, len(speech.pcm16)) == (16000, 32000)
     assert set(struct.iter_unpack("<h", speech.pcm16)) == {(2000,)}
+
+
+def test_an_extensible_wav_of_16_bit_pcm_is_spoken_skipping_chunks_it_does_not_know(server):
+    # Given a WAVE_FORMAT_EXTENSIBLE file of 16-bit PCM with a chunk of its writer's own (odd-sized, so padded)
+    # before its audio
+    tts, url = server
+    samples = struct.pack("<h", 1200) * 16000
+    wav = chunked_wav((b"fmt ", extensible_fmt(1)), (b"note", b"tts"), (b"data", samples))
+    tts.inject(tts_server.body(wav, "audio/wav"))
+
+    # When a part is synthesized, then its samples and rate are the file's
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+    assert (speech.sample_rate, speech.pcm16) == (16000, samples)
 
 
 @pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF])
