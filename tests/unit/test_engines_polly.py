@@ -188,6 +188,24 @@ def test_refusals_are_permanent_and_say_what_was_wrong_without_the_text(polly, c
     assert "order shipped" not in message
 
 
+def test_a_refusal_repeating_the_text_unquoted_keeps_polly_detail_without_the_text(polly):
+    # Given Polly's message repeats the whole text, outside quotes, amid a long explanation
+    client, stubber = polly
+    polly_says = f"Unable to synthesize {TEXT} with the requested settings. " + "Details follow. " * 30
+    stubber.add_client_error("synthesize_speech", "ValidationException", polly_says, 400, expected_params=request())
+
+    # When a part is synthesized
+    with pytest.raises(PermanentSynthesisError) as failure:
+        PollyEngine(client).synthesize(TEXT, "Joanna")
+
+    # Then Polly's words stay, the caller's words become <text>, and the detail is cut to 200 characters
+    message = str(failure.value)
+    detail = message.split("Polly says: ", 1)[1]
+    assert detail.startswith("Unable to synthesize <text> with the requested settings.")
+    assert "order shipped" not in message
+    assert len(detail) == 200
+
+
 def test_an_unknown_voice_names_the_voice_and_keeps_polly_detail(polly):
     # Given Polly's answer to a misspelt voice id
     client, stubber = polly

@@ -68,6 +68,14 @@ def test_empty_text_is_a_permanent_failure(text):
         EspeakEngine().synthesize(text, "en-us")
 
 
+def test_a_nul_in_the_text_is_a_permanent_failure_not_a_part_cut_short():
+    # Given a part with a NUL inside, where the C library would stop reading
+    # When it is synthesized
+    # Then it fails for good rather than speaking only the words before the NUL
+    with pytest.raises(PermanentSynthesisError, match="NUL character"):
+        EspeakEngine().synthesize("Your order\x00 shipped this morning.", "en-us")
+
+
 def test_four_threads_each_get_their_own_audio():
     # Given four parts of very different lengths, as the local cloud synthesizes them on threads
     texts = [
