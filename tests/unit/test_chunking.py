@@ -364,3 +364,17 @@ def test_a_long_run_of_emoji_is_dropped_in_linear_time():
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ["Congrats see you", "우리 가족 사랑해요", "x y."]
+
+
+@pytest.mark.parametrize("limit", range(21, 32))
+def test_a_word_longer_than_the_limit_is_never_cut_between_a_letter_and_its_combining_mark(limit):
+    # Given a word with no space to cut at, each letter carrying a combining accent with no precomposed form
+    # (so normalization leaves it as two code points)
+    text = "Call " + "q\u0301" * 40 + " now."
+
+    # When it is split with limits that fall between a letter and its accent
+    chunks = split_for_speech(text, first_max=limit, target=limit, max_len=limit)
+
+    # Then every piece starts with a letter: no accent is spoken alone or moved to another letter
+    assert "".join(chunks) == text
+    assert [chunk for chunk in chunks if chunk[0] in " \u0301"] == []
