@@ -1,6 +1,7 @@
 """The template and the state machine as AWS will read them: SAM's own validator and build, cfn-lint with
 serverless rules, a State Language linter on the substituted ASL, and the properties the design relies on."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -283,3 +284,31 @@ def test_a_chat_turn_gives_up_on_everything_before_its_function_times_out(templa
     bot_s = template.body["Parameters"]["ChatTimeoutMs"]["MaxValue"] / 1000 + CONNECT_S
     timeout = template.body["Resources"]["ChatFunction"]["Properties"]["Timeout"]
     assert 3 * _worst_request_s() + bot_s < timeout
+
+
+class _Reads(dict):
+    """An environment that remembers every name asked of it."""
+
+    def __init__(self, values):
+        super().__init__(values)
+        self.asked = set()
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+
+def test_every_setting_the_template_gives_a_function_is_read_and_defaults_to_the_templates_value(template):
+    # Code run without the template's environment (the bench, unit tests, a `sam local invoke` given only some
+    # variables) must behave as deployed, and a variable the code never reads is a setting that does nothing
+    from tts_stream import config
+
+    resources = {"table_name", "bucket_name", "state_machine_arn", "cache_table", "conversation_table"}
+    for logical_id in template.resources("AWS::Serverless::Function"):
+        variables = template.function_properties(logical_id).get("Environment", {}).get("Variables", {})
+        env = _Reads(template.resolve(variables))
+        deployed, bare = config.load(env), config.load({})
+
+        assert {name for name in env if not name.startswith("POWERTOOLS_")} <= env.asked, logical_id
+        assert {f.name for f in dataclasses.fields(config.Settings)
+                if getattr(deployed, f.name) != getattr(bare, f.name)} <= resources, logical_id
