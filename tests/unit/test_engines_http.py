@@ -178,6 +178,16 @@ def test_overload_and_server_errors_are_retryable_with_the_servers_message(serve
         HttpEngine(url).synthesize(TEXT, "en")
 
 
+def test_a_huge_error_page_still_gives_its_first_words_and_is_not_read_whole(server):
+    # Given a server answering 503 with a 1 MB error page
+    tts, url = server
+    tts.inject(tts_server.status(503, "upstream overloaded. " + "x" * 1_000_000))
+
+    # When a part is synthesized, then the message still carries the page's first words
+    with pytest.raises(RetryableError, match="answered 503 .*: upstream overloaded. xxx"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422, 302])
 def test_other_refusals_are_permanent_with_the_servers_message(server, status):
     tts, url = server
@@ -245,6 +255,8 @@ def test_a_malformed_answer_is_permanent_naming_the_problem(server, kind, proble
         (tts_server.body(b"\x00" * 400), "no Content-Type"),
         (tts_server.body(wav_bytes(b"\x00" * 600, channels=3), "audio/wav"), "3 channels: send mono"),
         (tts_server.body(riff(1, 16, b""), "audio/wav"), "the audio holds no samples"),
+        (tts_server.body(chunked_wav((b"fmt ", pcm_fmt(channels=2)), (b"data", b"\x00" * 3998)), "audio/wav"),
+         "3998 bytes is not a whole number of 16-bit stereo samples"),
         (tts_server.body(chunked_wav((b"fmt ", pcm_fmt())), "audio/wav"), "the WAV has no 'data' chunk"),
         (tts_server.body(chunked_wav((b"data", b"\x00" * 400), (b"fmt ", pcm_fmt())), "audio/wav"),
          "no complete 'fmt ' chunk before its audio"),
@@ -257,6 +269,7 @@ def test_a_malformed_answer_is_permanent_naming_the_problem(server, kind, proble
     ],
     ids=["8-bit-wav", "float-wav", "ulaw-wav", "truncated-wav", "l16-without-rate", "octet-bad-rate",
          "l16-bad-rate", "l16-three-channels", "no-content-type", "three-channel-wav", "wav-without-samples",
+         "stereo-wav-cut-mid-frame",
          "wav-without-data", "wav-data-before-fmt", "wav-short-fmt", "extensible-float-wav",
          "extensible-wav-cut-before-its-sub-format"],
 )
@@ -473,6 +486,14 @@ def test_get_engine_applies_the_read_timeout_setting(server):
 def test_get_engine_without_a_url_is_invalid_input_naming_the_setting():
     with pytest.raises(InvalidInput, match="set TTS_URL"):
         get_engine("http", config.load({}))
+
+
+@pytest.mark.parametrize("voice", ["", "  ", None])
+def test_a_part_without_a_voice_is_refused_without_a_request(server, voice):
+    tts, url = server
+    with pytest.raises(PermanentSynthesisError, match="voice is empty: the TTS server needs a voice name"):
+        HttpEngine(url).synthesize(TEXT, voice)
+    assert tts.requests == []
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/tts", "example.com/tts", "http://", "http://host:99999/x"])

@@ -271,6 +271,22 @@ def test_empty_audio_from_polly_is_a_permanent_failure(polly):
         PollyEngine(client).synthesize(TEXT, "Joanna")
 
 
+def test_audio_ending_mid_sample_is_retryable_never_a_part(polly, pcm8k):
+    # Given Polly's stream ends one byte into a 16-bit sample (a stream cut short)
+    client, stubber = polly
+    stubber.add_response("synthesize_speech", audio_response(pcm8k[:1001]), request())
+
+    # When a part is synthesized, then the workflow will try again rather than keep a clipped part
+    with pytest.raises(RetryableError, match=r"ended mid-sample \(1001 bytes\)"):
+        PollyEngine(client).synthesize(TEXT, "Joanna")
+
+
+@pytest.mark.parametrize("rate", [22050, 24000, "8000"])
+def test_a_pcm_rate_polly_does_not_offer_is_refused_when_the_engine_is_built(rate):
+    with pytest.raises(InvalidInput, match=f"Polly PCM sample rate {rate!r} is not one of 8000, 16000"):
+        PollyEngine(polly_client(), sample_rate=rate)
+
+
 def test_get_engine_builds_polly_from_settings_without_calling_aws():
     # Given settings choosing the generative engine
     settings = config.load({"POLLY_ENGINE": "generative", "AWS_REGION": "eu-west-2"})
