@@ -7,7 +7,7 @@ condition negated, `and` swapped with `or`, a `not` dropped, + swapped with -, a
 False swapped, a return value made None, a call, raise or `+=` deleted, or one clause dropped from a DynamoDB
 condition string ("A AND B"). For each, the tests named after `--` run with -x; a mutant they pass "survived". A
 survivor is either a change that does not matter (a constant nobody depends on, a message only a log shows) or a
-test missing: read each one. The module is restored afterwards, even on Ctrl-C. Run it on a clone of the
+test missing: read each one. The module is restored afterwards, even on Ctrl-C or `kill`. Run it on a clone of the
 repository, with nothing else using it: it rewrites the module in place, and the suite runs once per mutant.
 
 --lines 100-200 limits it to mutants on those lines; --again OLD.json runs only the survivors of an earlier run
@@ -18,6 +18,7 @@ import argparse
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +138,10 @@ def _run(command: list[str], timeout_s: float) -> tuple[object, float]:
         return "timeout", time.monotonic() - start
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("module", type=Path)
@@ -155,6 +160,8 @@ def main(argv=None) -> int:
         survivors = {(r["node"], r["kind"]) for r in json.loads(args.again.read_text()) if r["result"] == "survived"}
         todo = [s for s in todo if s[:2] in survivors]
     results = []
+    # kill (SIGTERM) stops a run as Ctrl-C does, so the module is restored: a background job ignores Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.module.write_text(ast.unparse(ast.parse(original)))  # the tests must pass on the unparsed text
         code, baseline_s = _run(command, 3600)
@@ -170,6 +177,9 @@ def main(argv=None) -> int:
             print(f"[{count}/{len(todo)}] line {line} {kind}: {result}", flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1))
+    except KeyboardInterrupt:
+        print(f"stopped after {len(results)} of {len(todo)} mutants; {args.module} is restored", file=sys.stderr)
+        return 130
     finally:
         args.module.write_text(original)
     survived = [r for r in results if r["result"] == "survived"]

@@ -2,8 +2,10 @@
 module it rewrites is restored."""
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tools import mutate
@@ -52,4 +54,26 @@ def test_a_run_reports_the_mutants_its_tests_miss_and_restores_the_module(tmp_pa
     results = {r["kind"]: r["result"] for r in json.loads(out.read_text())}
     assert results == {"int+1": "survived", "LtE->Lt": "survived", "return-None": "killed"}
     assert "2 of 3 survived\n  line 2: int+1\n  line 7: LtE->Lt" in done.stdout
+    assert (tmp_path / "limits.py").read_text() == MODULE
+
+
+def test_a_run_stopped_with_kill_restores_the_module(tmp_path):
+    # A run in the background ignores Ctrl-C: `kill` is how it is stopped, and the module must not stay mutated
+    (tmp_path / "limits.py").write_text(MODULE)
+    (tmp_path / "test_limits.py").write_text(
+        "import time\n\nfrom limits import fits\n\n\ndef test_slow():\n    time.sleep(1)\n    assert fits(0)\n")
+    out = tmp_path / "mutants.json"
+    run = subprocess.Popen([sys.executable, str(SCRIPT), "limits.py", "--out", str(out), "--", "-p", "no:logging",
+                            "test_limits.py"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:  # the first mutant is done, the second running
+            time.sleep(0.05)
+        assert (tmp_path / "limits.py").read_text() != MODULE
+        run.terminate()
+        _, stderr = run.communicate(timeout=30)
+    finally:
+        run.kill()
+    assert run.returncode == 130
+    assert re.search(r"stopped after [12] of 3 mutants; limits.py is restored", stderr), stderr
     assert (tmp_path / "limits.py").read_text() == MODULE
