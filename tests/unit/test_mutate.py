@@ -23,6 +23,15 @@ def fits(n):
 '''
 
 
+def _project(tmp_path: Path, test: str) -> tuple[list[str], Path]:
+    """MODULE as limits.py with one test of it; the command that audits it, and where its results go."""
+    (tmp_path / "limits.py").write_text(MODULE)
+    (tmp_path / "test_limits.py").write_text(f"import time\n\nfrom limits import fits\n\n\n{test}")
+    out = tmp_path / "mutants.json"
+    return [sys.executable, str(SCRIPT), "limits.py", "--out", str(out), "--", "-p", "no:logging",
+            "test_limits.py"], out
+
+
 def test_each_mutant_is_one_change_that_alters_what_the_code_does():
     found = {(kind, line) for _, kind, line in mutate.sites(MODULE)}
     assert found == {("int+1", 2), ("LtE->Lt", 7), ("return-None", 7)}
@@ -43,13 +52,9 @@ def test_a_condition_string_loses_one_clause_at_a_time():
 
 
 def test_a_run_reports_the_mutants_its_tests_miss_and_restores_the_module(tmp_path):
-    (tmp_path / "limits.py").write_text(MODULE)
     # A test far from the edge: it cannot tell 3 from 4, nor <= from <
-    (tmp_path / "test_limits.py").write_text(
-        "from limits import fits\n\n\ndef test_far():\n    assert fits(0) is True and fits(10) is False\n")
-    out = tmp_path / "mutants.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "limits.py", "--out", str(out), "--", "-p", "no:logging",
-                           "test_limits.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    command, out = _project(tmp_path, "def test_far():\n    assert fits(0) is True and fits(10) is False\n")
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     results = {r["kind"]: r["result"] for r in json.loads(out.read_text())}
     assert results == {"int+1": "survived", "LtE->Lt": "survived", "return-None": "killed"}
@@ -59,12 +64,8 @@ def test_a_run_reports_the_mutants_its_tests_miss_and_restores_the_module(tmp_pa
 
 def test_a_run_stopped_with_kill_restores_the_module(tmp_path):
     # A run in the background ignores Ctrl-C: `kill` is how it is stopped, and the module must not stay mutated
-    (tmp_path / "limits.py").write_text(MODULE)
-    (tmp_path / "test_limits.py").write_text(
-        "import time\n\nfrom limits import fits\n\n\ndef test_slow():\n    time.sleep(1)\n    assert fits(0)\n")
-    out = tmp_path / "mutants.json"
-    run = subprocess.Popen([sys.executable, str(SCRIPT), "limits.py", "--out", str(out), "--", "-p", "no:logging",
-                            "test_limits.py"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command, out = _project(tmp_path, "def test_slow():\n    time.sleep(1)\n    assert fits(0)\n")
+    run = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not out.exists() and time.monotonic() < deadline:  # the first mutant is done, the second running
