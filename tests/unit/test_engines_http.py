@@ -19,7 +19,7 @@ import pytest
 from botocore.stub import Stubber
 
 from localcloud import tts_server
-from tts_stream import config, engines
+from tts_stream import config, engines, pipeline
 from tts_stream.audio import read_connect_wav, rms_dbfs, to_connect_wav, ulaw_to_pcm16
 from tts_stream.engines import EspeakEngine, HttpEngine, get_engine
 from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError
@@ -481,6 +481,22 @@ def test_get_engine_applies_the_read_timeout_setting(server):
     with pytest.raises(RetryableError, match="did not answer within 0.3 s"):
         get_engine("http", settings).synthesize(TEXT, "en")
     assert time.monotonic() - started < 1.0
+
+
+def test_a_part_is_spoken_by_the_server_its_stream_pinned_whatever_tts_url_says_now(serve):
+    # Given a stream pinned to one TTS server, and TTS_URL since changed to another
+    pinned, pinned_url = serve()
+    now, now_url = serve()
+    settings = config.load({"TTS_ENGINE": "http", "TTS_URL": now_url})
+    part = {"stream_id": "pinned-stream", "index": 1, "text": TEXT, "engine": "http", "voice": "en",
+            "engine_settings": {"url": pinned_url}}
+
+    # When one of its parts is spoken
+    wav, _ = pipeline.speak_part(settings, part)
+
+    # Then the stream's own server spoke it: one voice for the whole answer
+    assert read_connect_wav(wav)
+    assert (len(pinned.requests), len(now.requests)) == (1, 0)
 
 
 def test_get_engine_without_a_url_is_invalid_input_naming_the_setting():
