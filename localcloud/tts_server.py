@@ -96,6 +96,7 @@ def cut(fraction: float = 0.25) -> Fault:
 class Request:
     headers: dict[str, str]
     json: object
+    path: str = ""  # with its query string
 
 
 class TtsServer(ThreadingHTTPServer):
@@ -158,9 +159,9 @@ class TtsServer(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
-    def _arrived(self, headers: dict[str, str], payload: object) -> Fault | None:
+    def _arrived(self, headers: dict[str, str], payload: object, path: str) -> Fault | None:
         with self._lock:
-            self.requests.append(Request(headers=headers, json=payload))
+            self.requests.append(Request(headers=headers, json=payload, path=path))
             return self._faults.pop(0) if self._faults else None
 
 
@@ -175,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(raw)
         except ValueError:
             payload = None
-        fault = self.server._arrived(dict(self.headers.items()), payload)
+        fault = self.server._arrived(dict(self.headers.items()), payload, self.path)
         if fault is not None:
             if fault.kind == "drop":
                 self.close_connection = True

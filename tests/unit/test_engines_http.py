@@ -246,7 +246,8 @@ def test_a_malformed_answer_is_permanent_naming_the_problem(server, kind, proble
         (tts_server.body(wav_bytes(b"\x80" * 2000, width=1), "audio/wav"), "8-bit PCM: send 16-bit PCM"),
         (tts_server.body(riff(3, 32, b"\x00" * 4000), "audio/x-wav"), "32-bit float audio: send 16-bit PCM"),
         (tts_server.body(riff(7, 8, b"\xff" * 4000), "audio/wav"), "u-law audio"),
-        (tts_server.body(riff(1, 16, b"\x00" * 400, data_size=4000), "audio/wav"), "WAV is truncated"),
+        (tts_server.body(riff(1, 16, b"\x00" * 400, data_size=4000), "audio/wav"),
+         "WAV is truncated: its data chunk declares 4000 bytes but 400 arrived"),
         (tts_server.body(b"\x00" * 400, "audio/L16"), "rate parameter of audio/L16 is missing"),
         (tts_server.body(b"\x00" * 400, "application/octet-stream", X_Sample_Rate="fast"),
          "X-Sample-Rate header of application/octet-stream is 'fast': give a whole number"),
@@ -471,6 +472,46 @@ def test_get_engine_sends_the_secrets_value_as_the_authorization_header(serve):
 
     # Then the server got the secret's value as the Authorization header
     assert tts.requests[0].headers["Authorization"] == TOKEN
+
+
+def test_a_server_that_does_not_take_the_connection_in_time_is_retryable_after_the_connect_setting():
+    # Given a server whose accept queue is full: the kernel leaves new connections unanswered
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = [socket.socket() for _ in range(4)]
+    try:
+        for client in queued:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        settings = config.load({"TTS_URL": f"http://127.0.0.1:{port}/synthesize", "TTS_CONNECT_TIMEOUT_MS": "300"})
+
+        # When a part is synthesized with TtsConnectTimeoutMs 300
+        started = time.monotonic()
+        with pytest.raises(RetryableError, match="could not connect to TTS server .* within 0.3 s: try again"):
+            get_engine("http", settings).synthesize(TEXT, "en")
+
+        # Then the workflow may try again as soon as the connect timeout is over
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+def test_the_urls_path_and_query_string_reach_the_server(serve):
+    tts, url = serve()
+    HttpEngine(url + "?model=fast&lang=en").synthesize(TEXT, "en")
+    HttpEngine(url).synthesize(TEXT, "en")
+    assert [request.path for request in tts.requests] == ["/synthesize?model=fast&lang=en", "/synthesize"]
+
+
+@pytest.mark.parametrize("timeouts", [{"connect_timeout_s": 0}, {"read_timeout_s": -1},
+                                      {"read_timeout_s": True}, {"connect_timeout_s": "2"}])
+def test_a_timeout_that_is_not_a_positive_number_of_seconds_is_invalid_input(timeouts):
+    (label, value), = timeouts.items()
+    with pytest.raises(InvalidInput, match=f"TTS server {label.split('_')[0]} timeout {value!r} must be a positive"):
+        HttpEngine("http://127.0.0.1:9/synthesize", **timeouts)
 
 
 def test_get_engine_applies_the_read_timeout_setting(server):
