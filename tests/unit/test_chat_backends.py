@@ -179,6 +179,9 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     ('He said "Call us back." Then he hung', 'He said "Call us back."'),
     ("Sure thing.\n\nCall Dr. Kim or ask for the", "Sure thing."),
     ("배송은 3일 걸립니다.\n주문하신 상품은", "배송은 3일 걸립니다."),
+    # The limit reached exactly at a sentence's end: nothing is cut
+    ("It ships on Monday. It should arrive by Friday.\n", "It ships on Monday. It should arrive by Friday."),
+    ('He asked "Is it Monday?" She said "Yes, Monday!"', 'He asked "Is it Monday?" She said "Yes, Monday!"'),
 ])
 def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
     client, stub = bedrock
