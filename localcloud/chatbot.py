@@ -65,6 +65,7 @@ class Bot:
     faults: list[Fault] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)  # each request's Authorization header
+    paths: list[str] = field(default_factory=list)  # each request's path, with its query string
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_fault(self) -> Fault | None:
@@ -96,6 +97,7 @@ def _handler(bot: Bot):
             with bot.lock:
                 bot.requests.append(request)
                 bot.authorizations.append(self.headers.get("Authorization"))
+                bot.paths.append(self.path)
             fault = bot.next_fault()
             if fault and fault.delay_s:
                 time.sleep(fault.delay_s)

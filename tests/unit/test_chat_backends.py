@@ -14,7 +14,7 @@ from botocore.stub import Stubber
 import lex
 from localcloud import chatbot
 from tts_stream import config, pipeline
-from tts_stream.chat import MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
+from tts_stream.chat import MAX_ANSWER_CHARS, MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
 from tts_stream.errors import InvalidInput
 
 
@@ -22,6 +22,7 @@ def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
     history = [Exchange(f"q{i}", "a" * 100) for i in range(10)]
     kept = bounded_history(history, max_turns=6, max_chars=350)
     assert [e.question for e in kept] == ["q7", "q8", "q9"]
+    assert [e.question for e in bounded_history(history, max_turns=6, max_chars=306)] == ["q7", "q8", "q9"]  # exactly
     assert bounded_history(history, max_turns=0, max_chars=10_000) == []
     assert [e.question for e in bounded_history(history, max_turns=2, max_chars=10_000)] == ["q8", "q9"]
 
@@ -102,6 +103,89 @@ def test_a_long_korean_answer_in_json_escapes_is_read_whole(http_bot):
     bot.faults.append(chatbot.Fault(body=json.dumps({"answer": answer}).encode()))
 
     assert HttpChat(url, timeout_s=10).ask("길게 설명해 주세요.", []) == answer
+
+
+def test_the_bot_gets_the_question_history_contact_and_language_at_its_urls_path_and_query(http_bot):
+    bot, url = http_bot
+    history = [Exchange("Where is my order?", "It shipped on Monday.")]
+
+    answer = HttpChat(url + "?tenant=shop", auth_header="Bearer b0t").ask(
+        "When will it arrive?", history, contact_id="c-1", language="en")
+
+    assert answer == chatbot.answer_for("When will it arrive?", [])
+    assert bot.requests == [{"question": "When will it arrive?", "contact_id": "c-1", "language": "en",
+                             "history": [{"question": "Where is my order?", "answer": "It shipped on Monday."}]}]
+    assert (bot.paths, bot.authorizations) == (["/chat?tenant=shop"], ["Bearer b0t"])
+
+
+def test_the_longest_answer_is_heard_even_in_the_widest_json_escapes(http_bot):
+    # An answer of MAX_ANSWER_CHARS emoji, each 12 bytes escaped as a surrogate pair: the reply limit's worst case
+    bot, url = http_bot
+    answer = "\U0001f600" * MAX_ANSWER_CHARS
+    bot.faults.append(chatbot.Fault(body=json.dumps({"answer": answer}).encode()))
+
+    assert HttpChat(url, timeout_s=10).ask("Smile?", []) == answer
+
+
+def test_a_bot_slower_than_the_connect_allowance_but_within_the_chat_timeout_is_heard(http_bot):
+    # Connecting may take 2 s (CONNECT_S); the answer then has the whole ChatTimeoutMs, not those 2 s
+    bot, url = http_bot
+    bot.faults.append(chatbot.Fault(delay_s=2.3))
+
+    assert HttpChat(url, timeout_s=4).ask("What are your opening hours?", []) == chatbot.answer_for("hours", [])
+
+
+@pytest.mark.parametrize("fault, problem", [
+    (chatbot.Fault(status=503), "the chatbot answered HTTP 503"),
+    (chatbot.Fault(delay_s=1.0), "the chatbot did not answer within 0.4 s"),
+    (chatbot.Fault(drop=True), "the chatbot could not be reached: RemoteDisconnected"),
+    (chatbot.Fault(body=b'{"reply": "wrong field"}'), "the chatbot's reply has no answer text"),
+    (chatbot.Fault(body=b'{"answer": "   "}'), "the chatbot's reply has no answer text"),
+    (chatbot.Fault(body=json.dumps({"answer": "x" * (MAX_ANSWER_CHARS + 1)}).encode()),
+     f"the chatbot's answer has {MAX_ANSWER_CHARS + 1} characters; the most spoken is {MAX_ANSWER_CHARS}"),
+], ids=["5xx", "timeout", "dropped", "no-answer-field", "blank-answer", "answer-too-long"])
+def test_each_way_an_http_bot_fails_is_a_chat_error_saying_how(http_bot, fault, problem):
+    bot, url = http_bot
+    bot.faults.append(fault)
+    with pytest.raises(ChatError, match=f"^{problem}$"):
+        HttpChat(url, timeout_s=0.4).ask("Hello?", [])
+
+
+def test_a_bot_nobody_runs_is_a_chat_error_at_once():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    began = time.monotonic()
+    with pytest.raises(ChatError, match="^the chatbot could not be reached: ConnectionRefusedError$"):
+        HttpChat(f"http://127.0.0.1:{port}/chat", timeout_s=5).ask("Hello?", [])
+    assert time.monotonic() - began < 1.0
+
+
+def test_a_bot_that_does_not_take_the_connection_is_given_up_on_within_the_connect_allowance():
+    # A full accept queue: the kernel leaves the connection unanswered
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    queued = [socket.socket() for _ in range(4)]
+    try:
+        for client in queued:
+            client.setblocking(False)
+            client.connect_ex(listener.getsockname())
+        with pytest.raises(ChatError, match="^the chatbot could not be reached within 0.3 s$"):
+            HttpChat(f"http://127.0.0.1:{listener.getsockname()[1]}/chat", timeout_s=0.3).ask("Hello?", [])
+    finally:
+        for sock in (*queued, listener):
+            sock.close()
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: HttpChat("ftp://bot.example.com/chat"), "ChatUrl 'ftp://bot.example.com/chat' is not an http"),
+    (lambda: HttpChat("https:///chat"), "ChatUrl 'https:///chat' is not an http"),
+    (lambda: BedrockChat(""), "BedrockModelId is empty"),
+])
+def test_a_backend_that_cannot_work_is_refused_when_it_is_built(make, problem):
+    with pytest.raises(ValueError, match=problem):
+        make()
 
 
 def test_a_reply_bigger_than_any_answer_is_refused_as_too_large_not_as_bad_json(http_bot):
