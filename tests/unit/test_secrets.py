@@ -194,3 +194,24 @@ def test_an_unusable_secret_is_permanent_without_its_value(secretsmanager, name,
 def test_an_empty_reference_is_permanent(ref):
     with pytest.raises(PermanentSynthesisError, match="no secret reference"):
         read_secret(ref)
+
+
+def test_a_secret_arn_names_the_region_it_is_read_in(cloud):
+    # Given a secret in another region than the function's (moto keeps each region's secrets apart)
+    name = f"tts/auth-{uuid.uuid4().hex[:8]}"
+    elsewhere = boto3.client("secretsmanager", endpoint_url=cloud.endpoint, region_name="eu-west-2")
+    arn = elsewhere.create_secret(Name=name, SecretString=VALUE)["ARN"]
+
+    # When it is read by its ARN, then it is found there; by its bare name, here, it does not exist
+    assert read_secret(arn) == VALUE
+    with pytest.raises(PermanentSynthesisError, match="does not exist"):
+        read_secret(name)
+
+
+def test_an_unreachable_secret_store_is_retryable():
+    # Nothing listens on port 9 of 127.0.0.1: the connection is refused
+    store = boto3.client("secretsmanager", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                         aws_access_key_id="testing", aws_secret_access_key="testing",
+                         config=Config(retries={"total_max_attempts": 1}))
+    with pytest.raises(RetryableError, match="EndpointConnectionError, try again"):
+        read_secret(f"tts/auth-{uuid.uuid4().hex[:8]}", secretsmanager=store)
