@@ -9,6 +9,7 @@ import time
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 import lex
@@ -25,6 +26,16 @@ def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
     assert [e.question for e in bounded_history(history, max_turns=6, max_chars=306)] == ["q7", "q8", "q9"]  # exactly
     assert bounded_history(history, max_turns=0, max_chars=10_000) == []
     assert [e.question for e in bounded_history(history, max_turns=2, max_chars=10_000)] == ["q8", "q9"]
+
+
+class _Body:
+    """A raw HTTP body, as botocore reads one."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def stream(self, **_):
+        yield self.data
 
 
 @pytest.fixture
@@ -55,6 +66,17 @@ def test_a_bedrock_refusal_is_a_chat_error_naming_the_code(bedrock, code):
     client, stub = bedrock
     stub.add_client_error("converse", service_error_code=code)
     with pytest.raises(ChatError, match=code):
+        BedrockChat("model-x", client=client).ask("Hello?", [])
+
+
+def test_a_bedrock_reply_without_a_message_is_a_chat_error():
+    # A Converse output is a union: a newer API may answer with a member this SDK does not know
+    client = boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    reply = json.dumps({"output": {"somethingNew": {}}, "stopReason": "end_turn",
+                        "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}, "metrics": {"latencyMs": 5}})
+    client.meta.events.register("before-send.bedrock-runtime.Converse", lambda request, **_: AWSResponse(
+        request.url, 200, {"Content-Type": "application/json"}, _Body(reply.encode())))
+    with pytest.raises(ChatError, match="^Bedrock's reply has no message$"):
         BedrockChat("model-x", client=client).ask("Hello?", [])
 
 
