@@ -12,7 +12,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from localcloud import runs
+from localcloud import faults, runs
 from tts_stream import audio, manifest, streams
 from tts_stream.batches import MAX_BATCH_SIZE
 from tts_stream.config import load as load_settings
@@ -387,3 +387,27 @@ def test_object_urls_are_inside_what_the_bucket_policy_lets_connect_read(cloud, 
     grant = next(s for s in policy["Statement"] if s["Sid"] == "ConnectPlaysParts")
     assert grant["Action"] == "s3:GetObject"
     assert any(fnmatch.fnmatch(f"arn:aws:s3:::b/{key}", pattern) for pattern in grant["Resource"])
+
+
+def test_a_stop_while_part_0_is_spoken_inline_makes_the_start_reply_final(cloud):
+    # Given part 0 taking 1.5 s to speak inline, and a stop arriving meanwhile (a contact ended mid-start)
+    stream_id = f"stopped-mid-start-{uuid.uuid4().hex[:8]}"
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    replies = {}
+    start = event(Action="start_stream", Text="Your order shipped today. It arrives on Friday.", StreamId=stream_id,
+                  BatchSize=5)
+    with faults.injected(cloud, "engine:part=0:slow=1500"):
+        starting = threading.Thread(target=lambda: replies.update(start=cloud.invoke("ConnectFunction", start)))
+        starting.start()
+        deadline = time.monotonic() + 10
+        while manifest.read(ddb, table, stream_id) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped = cloud.invoke("ConnectFunction", event(Action="stop", StreamId=stream_id))
+        starting.join(timeout=30)
+    runs.wait_for_executions(cloud)
+
+    # Then the start's reply says the stream is cancelled and final: the flow plays nothing and asks no more
+    assert stopped["Status"] == "cancelled"
+    reply = replies["start"]
+    assert (reply["Status"], reply["Final"], reply["Count"]) == ("cancelled", "true", "0")
+    assert manifest.read(ddb, table, stream_id).status == "cancelled"
