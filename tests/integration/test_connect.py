@@ -13,7 +13,7 @@ from urllib.request import urlopen
 import pytest
 
 from localcloud import faults, runs
-from tts_stream import audio, manifest, streams
+from tts_stream import audio, manifest, pipeline, streams
 from tts_stream.batches import MAX_BATCH_SIZE
 from tts_stream.config import load as load_settings
 
@@ -411,3 +411,23 @@ def test_a_stop_while_part_0_is_spoken_inline_makes_the_start_reply_final(cloud)
     reply = replies["start"]
     assert (reply["Status"], reply["Final"], reply["Count"]) == ("cancelled", "true", "0")
     assert manifest.read(ddb, table, stream_id).status == "cancelled"
+
+
+def test_a_retried_start_whose_workflow_never_ran_starts_it_once_the_restart_window_is_over(cloud, setting):
+    # Given a stream created 3 s ago by a start that died before StartExecution (no part 0 spoken inline here)
+    setting("INLINE_FIRST_PART", "false")
+    text = "Your order shipped today. It arrives on Friday."
+    _, voice, language = pipeline.check_content(text, None, None, load_settings())
+    stream_id = f"died-before-start-{uuid.uuid4().hex[:8]}"
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    manifest.begin(ddb, table, stream_id, pipeline.input_hash(text, voice, language),
+                   now_ms=time.time_ns() // 1_000_000 - 3000, ttl_hours=1)
+    before = cloud.aws_calls.snapshot()
+
+    # When Connect retries the start
+    cloud.invoke("ConnectFunction", event(Action="start_stream", Text=text, StreamId=stream_id, BatchSize=5))
+    runs.wait_for_executions(cloud)
+
+    # Then the retry started the one workflow, and the answer was spoken
+    assert (cloud.aws_calls.snapshot() - before)["stepfunctions.StartExecution"] == 1
+    assert manifest.read(ddb, table, stream_id).status == "complete"
