@@ -96,7 +96,7 @@ def cut(fraction: float = 0.25) -> Fault:
 class Request:
     headers: dict[str, str]
     json: object
-    path: str = ""  # with its query string
+    path: str  # with its query string
 
 
 class TtsServer(ThreadingHTTPServer):
