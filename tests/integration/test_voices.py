@@ -62,6 +62,18 @@ def test_a_second_identical_answer_is_served_from_the_cache_without_the_engine(c
     assert [p["duration_ms"] for p in second["parts"]] == [p["duration_ms"] for p in first["parts"]]
 
 
+def test_a_repeated_one_part_answer_is_served_from_the_cache(cloud, monkeypatch):
+    # Given a one-part answer: ConnectFunction speaks it and no workflow runs, so no Finish indexes it
+    spy = EngineSpy(monkeypatch)
+    text = f"Your reference is {uuid.uuid4().hex[:6]}."
+    first = runs.run_call(cloud, text, speed=50)
+
+    # When the same answer is asked for again, then the cache entry ConnectFunction wrote serves it
+    second = runs.run_call(cloud, text, speed=50)
+    assert first["total"] == second["total"] == 1 and len(spy.calls) == 1
+    assert second["status"] == "complete" and "/cache/" in second["parts"][0]["url"]
+
+
 def _cache_entries(cloud, found) -> dict[str, int]:
     """Prompt-cache entry of each part of a stream, by part index: when its object was written, by the entry."""
     ddb, table = cloud.client("dynamodb"), cloud.physical("CacheTable")
