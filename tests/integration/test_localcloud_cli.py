@@ -3,7 +3,6 @@
 prints an importable flow."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,14 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.loopback import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "localcloud", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 a loopback endpoint that never answers), the HTTP backend against a real bot on 127.0.0.1, and the hook that
 hands the caller's words to the flow."""
 
+import io
 import json
 import socket
 import threading
@@ -11,9 +12,11 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
+from urllib3.response import HTTPResponse
 
 import lex
 from localcloud import chatbot
+from tests.loopback import free_port, unanswered_port
 from tts_stream import config, pipeline
 from tts_stream.chat import MAX_ANSWER_CHARS, MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
 from tts_stream.errors import InvalidInput
@@ -26,16 +29,6 @@ def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
     assert [e.question for e in bounded_history(history, max_turns=6, max_chars=306)] == ["q7", "q8", "q9"]  # exactly
     assert bounded_history(history, max_turns=0, max_chars=10_000) == []
     assert [e.question for e in bounded_history(history, max_turns=2, max_chars=10_000)] == ["q8", "q9"]
-
-
-class _Body:
-    """A raw HTTP body, as botocore reads one."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def stream(self, **_):
-        yield self.data
 
 
 @pytest.fixture
@@ -75,7 +68,8 @@ def test_a_bedrock_reply_without_a_message_is_a_chat_error():
     reply = json.dumps({"output": {"somethingNew": {}}, "stopReason": "end_turn",
                         "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}, "metrics": {"latencyMs": 5}})
     client.meta.events.register("before-send.bedrock-runtime.Converse", lambda request, **_: AWSResponse(
-        request.url, 200, {"Content-Type": "application/json"}, _Body(reply.encode())))
+        request.url, 200, {"Content-Type": "application/json"},
+        HTTPResponse(body=io.BytesIO(reply.encode()), preload_content=False)))
     with pytest.raises(ChatError, match="^Bedrock's reply has no message$"):
         BedrockChat("model-x", client=client).ask("Hello?", [])
 
@@ -174,30 +168,16 @@ def test_each_way_an_http_bot_fails_is_a_chat_error_saying_how(http_bot, fault, 
 
 
 def test_a_bot_nobody_runs_is_a_chat_error_at_once():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     began = time.monotonic()
     with pytest.raises(ChatError, match="^the chatbot could not be reached: ConnectionRefusedError$"):
-        HttpChat(f"http://127.0.0.1:{port}/chat", timeout_s=5).ask("Hello?", [])
+        HttpChat(f"http://127.0.0.1:{free_port()}/chat", timeout_s=5).ask("Hello?", [])
     assert time.monotonic() - began < 1.0
 
 
 def test_a_bot_that_does_not_take_the_connection_is_given_up_on_within_the_connect_allowance():
-    # A full accept queue: the kernel leaves the connection unanswered
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    queued = [socket.socket() for _ in range(4)]
-    try:
-        for client in queued:
-            client.setblocking(False)
-            client.connect_ex(listener.getsockname())
+    with unanswered_port() as port:
         with pytest.raises(ChatError, match="^the chatbot could not be reached within 0.3 s$"):
-            HttpChat(f"http://127.0.0.1:{listener.getsockname()[1]}/chat", timeout_s=0.3).ask("Hello?", [])
-    finally:
-        for sock in (*queued, listener):
-            sock.close()
+            HttpChat(f"http://127.0.0.1:{port}/chat", timeout_s=0.3).ask("Hello?", [])
 
 
 @pytest.mark.parametrize("make, problem", [

@@ -6,7 +6,6 @@ Faults are the server's: error statuses, delays, slow or malformed bodies, dropp
 import audioop
 import io
 import shutil
-import socket
 import ssl
 import struct
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from botocore.stub import Stubber
 
 from localcloud import tts_server
+from tests.loopback import free_port, unanswered_port
 from tts_stream import config, engines, pipeline
 from tts_stream.audio import read_connect_wav, rms_dbfs, to_connect_wav, ulaw_to_pcm16
 from tts_stream.engines import EspeakEngine, HttpEngine, get_engine
@@ -95,12 +95,6 @@ def extensible_fmt(sub_tag: int, bits: int = 16, rate: int = 16000, length: int 
 
 def seconds_of(speech) -> float:
     return len(speech.pcm16) / 2 / speech.sample_rate
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("response", tts_server.RESPONSES)
@@ -476,15 +470,7 @@ def test_get_engine_sends_the_secrets_value_as_the_authorization_header(serve):
 
 def test_a_server_that_does_not_take_the_connection_in_time_is_retryable_after_the_connect_setting():
     # Given a server whose accept queue is full: the kernel leaves new connections unanswered
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    queued = [socket.socket() for _ in range(4)]
-    try:
-        for client in queued:
-            client.setblocking(False)
-            client.connect_ex(("127.0.0.1", port))
+    with unanswered_port() as port:
         settings = config.load({"TTS_URL": f"http://127.0.0.1:{port}/synthesize", "TTS_CONNECT_TIMEOUT_MS": "300"})
 
         # When a part is synthesized with TtsConnectTimeoutMs 300
@@ -492,11 +478,8 @@ def test_a_server_that_does_not_take_the_connection_in_time_is_retryable_after_t
         with pytest.raises(RetryableError, match="could not connect to TTS server .* within 0.3 s: try again"):
             get_engine("http", settings).synthesize(TEXT, "en")
 
-        # Then the workflow may try again as soon as the connect timeout is over
-        assert time.monotonic() - started < 1.0
-    finally:
-        for sock in (*queued, listener):
-            sock.close()
+    # Then the workflow may try again as soon as the connect timeout is over
+    assert time.monotonic() - started < 1.0
 
 
 def test_the_urls_path_and_query_string_reach_the_server(serve):
