@@ -222,6 +222,33 @@ def _patch_moto_stepfunctions():
 
     lambda_eval_utils.boto_client_for = boto_client_for
     lambda_eval_utils._localcloud_patched = True
+    _parse_each_definition_once()
+
+
+def _parse_each_definition_once():
+    """Let moto's Step Functions engine parse a definition once, as the service does when it is created. moto
+    parses the whole ASL with ANTLR at every StartExecution: ~75 ms of CPU for ours, holding the one GIL that
+    every Lambda and request in this process needs. The syntax tree is only read afterwards, so it is kept; the
+    evaluation components built from it hold an execution's state, so each execution still gets its own.
+    moto internals: pinned moto version."""
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    parse = AmazonStateLanguageParser.parse
+    trees: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def parse_once(definition: str):
+        with lock:
+            tree = trees.get(definition)
+        if tree is None:
+            program, tree = parse(definition)  # a definition that does not parse raises here, every time
+            with lock:
+                trees[definition] = tree
+            return program, tree
+        return Preprocessor().visit(tree), tree
+
+    AmazonStateLanguageParser.parse = staticmethod(parse_once)
 
 
 def _patch_moto_s3():
