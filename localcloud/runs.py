@@ -33,7 +33,7 @@ def run_stream(cloud, text: str, *, stream_id=None, voice=None, language=None, o
 
 
 def stream_report(cloud, stream_id: str, started_ms: int, out_dir: Path | None = None) -> dict:
-    ddb, s3 = cloud.client("dynamodb"), cloud.client("s3")
+    ddb, s3 = cloud.kept_client("dynamodb"), cloud.kept_client("s3")
     table, bucket = cloud.physical("ManifestTable"), cloud.physical("AudioBucket")
     found = manifest.read(ddb, table, stream_id, with_texts=True)
     if found is None:
@@ -77,7 +77,7 @@ def describe_stream(report: dict) -> str:
 
 def wait_for_executions(cloud, timeout_s: float = 120):
     """Let executions a command started run to their end before the local cloud goes away."""
-    sfn = cloud.client("stepfunctions")
+    sfn = cloud.kept_client("stepfunctions")
     arn = cloud.physical(STATE_MACHINE)
     for execution in sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING")["executions"]:
         cloud.wait_execution(execution["executionArn"], timeout_s)
@@ -128,7 +128,7 @@ def _add_manifest_facts(cloud, result: dict, started_ms: int):
     """Give each played part its index, its text and when it became ready, from the stream's manifest."""
     if not result.get("stream_id"):
         return
-    found = manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"],
+    found = manifest.read(cloud.kept_client("dynamodb"), cloud.physical("ManifestTable"), result["stream_id"],
                           with_texts=True)
     for part in result["parts"]:
         index = _index_of(found, part["url"])
@@ -197,7 +197,7 @@ def run_chat_call(cloud, questions: list[str], *, presses=(), speed: float = 1.0
     result = report.to_json()
     result["contact_id"] = contact_id
     result["aws_calls"] = dict(sorted((cloud.aws_calls.snapshot() - calls_before).items()))
-    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    ddb, table = cloud.kept_client("dynamodb"), cloud.physical("ManifestTable")
     for turn in result["turns"]:
         found = manifest.read(ddb, table, turn["stream_id"], with_texts=True) if turn.get("stream_id") else None
         turn["status"] = found.status if found else None

@@ -18,7 +18,7 @@ CACHE_PREFIX = "cache/"
 
 
 def bucket_keys(cloud, prefix: str = "") -> set[str]:
-    s3, bucket = cloud.client("s3"), cloud.physical("AudioBucket")
+    s3, bucket = cloud.kept_client("s3"), cloud.physical("AudioBucket")
     keys: set[str] = set()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.update(obj["Key"] for obj in page.get("Contents", []))
@@ -26,7 +26,7 @@ def bucket_keys(cloud, prefix: str = "") -> set[str]:
 
 
 def read_manifest(cloud, stream_id):
-    return manifest.read(cloud.client("dynamodb"), cloud.physical("ManifestTable"), stream_id, with_texts=True)
+    return manifest.read(cloud.kept_client("dynamodb"), cloud.physical("ManifestTable"), stream_id, with_texts=True)
 
 
 def key_of(url: str) -> str:
@@ -37,7 +37,7 @@ def key_of(url: str) -> str:
 
 
 def _object(cloud, key):
-    return cloud.client("s3").get_object(Bucket=cloud.physical("AudioBucket"), Key=key)["Body"].read()
+    return cloud.kept_client("s3").get_object(Bucket=cloud.physical("AudioBucket"), Key=key)["Body"].read()
 
 
 def stream_of(text: str, result: dict) -> str:
