@@ -7,7 +7,6 @@ import math
 import shutil
 import struct
 import subprocess
-import time
 import wave
 
 import pytest
@@ -242,21 +241,6 @@ def test_the_pause_after_speech_stays_ulaw_silence(english):
 
     # Then the caller hears true silence there, not a hum or a constant offset
     assert wav.ulaw[-1600:] == bytes([ULAW_SILENCE]) * 1600
-
-
-def test_five_seconds_at_22050_hz_encode_in_well_under_50_ms():
-    # Given five seconds of speech-like audio at eSpeak's rate
-    pcm16 = audioop.add(sine(300, 22050, 5.0, 0.3), sine(2500, 22050, 5.0, 0.3), 2)
-
-    # When it is encoded (best of three, so a busy machine does not decide the result)
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        to_connect_wav(pcm16, 22050)
-        timings.append(time.perf_counter() - started)
-
-    # Then encoding costs the Lambda a few milliseconds, not a noticeable delay
-    assert min(timings) < 0.050
 
 
 @pytest.mark.parametrize(
