@@ -140,17 +140,17 @@ def test_the_server_delaying_past_the_read_timeout_is_retryable_and_quick(server
 
 
 def test_the_read_timeout_bounds_the_whole_answer_not_each_wait(server):
-    # Given a server that sends its audio in three pieces 0.6 s apart: no single wait reaches 0.8 s
+    # Given a server that sends its audio in five pieces 0.6 s apart: no single wait reaches 0.8 s
     tts, url = server
-    tts.inject(tts_server.trickle(pieces=3, interval_s=0.6))
+    tts.inject(tts_server.trickle(pieces=5, interval_s=0.6))
 
     # When the engine allows 0.8 s for the answer
     started = time.monotonic()
     with pytest.raises(RetryableError, match="did not answer within 0.8 s"):
         HttpEngine(url, read_timeout_s=0.8).synthesize(TEXT, "en")
 
-    # Then it gives up at 0.8 s, before the last piece would have arrived at 1.2 s
-    assert time.monotonic() - started < 1.1
+    # Then it gives up at 0.8 s, long before the last piece would have arrived at 2.4 s
+    assert time.monotonic() - started < 1.6
 
 
 def test_audio_trickling_in_within_the_read_timeout_is_spoken(server, source_seconds):
