@@ -77,7 +77,7 @@ def _lambda_error(error: BaseException) -> bytes:
 
 
 def _patch_moto_lambda():
-    """Make moto's Docker-free Lambda run our handlers. moto internals: pinned moto version, this one place."""
+    """Make moto's Docker-free Lambda run our handlers. moto internals: pinned moto version."""
     global _patched
     if _patched:
         return
@@ -229,8 +229,9 @@ def _parse_each_definition_once():
     """Let moto's Step Functions engine parse a definition once, as the service does when it is created. moto
     parses the whole ASL with ANTLR at every StartExecution: ~75 ms of CPU for ours, holding the one GIL that
     every Lambda and request in this process needs. The syntax tree is only read afterwards, so it is kept; the
-    evaluation components built from it hold an execution's state, so each execution still gets its own.
-    moto internals: pinned moto version."""
+    evaluation components built from it hold an execution's state, so each execution still gets its own. Trees
+    are kept for the process's life: a local cloud has a handful of definitions. moto internals: pinned moto
+    version."""
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
     from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
 

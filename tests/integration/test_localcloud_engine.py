@@ -3,18 +3,17 @@
 import json
 import uuid
 
-import pytest
+from moto.stepfunctions.parser.asl.antlr.runtime.ASLParser import ASLParser
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
 
-def _definition() -> str:
+def _definition(states: dict | None = None, start: str = "Echo") -> str:
     # A definition no other test uses, so nothing parsed it before this test
-    return json.dumps({"Comment": uuid.uuid4().hex, "StartAt": "Echo",
-                       "States": {"Echo": {"Type": "Pass", "End": True}}})
+    return json.dumps({"Comment": uuid.uuid4().hex, "StartAt": start,
+                       "States": states or {"Echo": {"Type": "Pass", "End": True}}})
 
 
 def test_a_definition_is_parsed_once_and_each_execution_gets_components_of_its_own(cloud):
-    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
-
     # Given a definition parsed once
     definition = _definition()
     program, tree = AmazonStateLanguageParser.parse(definition)
@@ -28,27 +27,28 @@ def test_a_definition_is_parsed_once_and_each_execution_gets_components_of_its_o
     assert type(again) is type(program)
 
 
-def test_a_definition_that_does_not_parse_is_refused_every_time(cloud):
-    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser, ASLParserException
-
-    broken = _definition()[:-3]
-    for _ in range(2):
-        with pytest.raises(ASLParserException):
-            AmazonStateLanguageParser.parse(broken)
-
-
-def test_executions_of_one_kept_definition_run_at_once_with_their_own_input(cloud):
-    # Given a state machine whose definition the engine parses once
+def test_executions_of_a_kept_definition_run_at_once_each_with_its_own_items(cloud, monkeypatch):
+    # Given a state machine with a Map whose iterations wait a second (so executions overlap), created once
     sfn = cloud.client("stepfunctions")
-    arn = sfn.create_state_machine(name=f"echo-{uuid.uuid4().hex[:8]}", definition=_definition(),
+    definition = _definition({"Each": {
+        "Type": "Map", "ItemsPath": "$.items", "End": True,
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Hold", "States": {
+            "Hold": {"Type": "Wait", "Seconds": 1, "Next": "Echo"},
+            "Echo": {"Type": "Pass", "End": True}}}}}, start="Each")
+    arn = sfn.create_state_machine(name=f"echo-{uuid.uuid4().hex[:8]}", definition=definition,
                                    roleArn=f"arn:aws:iam::{'1' * 12}:role/echo", type="STANDARD")["stateMachineArn"]
+    parses = []
+    parse = ASLParser.state_machine
+    monkeypatch.setattr(ASLParser, "state_machine", lambda self: parses.append(1) or parse(self))
 
-    # When several executions start together
-    runs = {n: sfn.start_execution(stateMachineArn=arn, name=f"run-{n}", input=json.dumps({"n": n}))["executionArn"]
+    # When eight executions start together
+    runs = {n: sfn.start_execution(stateMachineArn=arn, name=f"run-{n}",
+                                   input=json.dumps({"items": [n, 10 * n, 100 * n]}))["executionArn"]
             for n in range(8)}
 
-    # Then each ends with its own input
+    # Then each ends with its own items, in order, and none of them parsed the definition again
     for n, execution in runs.items():
-        result = cloud.wait_execution(execution, 30)
+        result = cloud.wait_execution(execution, 60)
         assert result["status"] == "SUCCEEDED", result
-        assert json.loads(result["output"]) == {"n": n}
+        assert json.loads(result["output"]) == [n, 10 * n, 100 * n]
+    assert parses == []
