@@ -503,6 +503,38 @@ def test_a_catch_result_becomes_a_one_line_reason(failure, message):
     assert pipeline.failure_message(failure) == message
 
 
+@pytest.mark.parametrize("index, failed_at", [(2, 2), (0, 0), (True, 0), ("2", 0)],
+                         ids=["part-2", "part-0", "a-boolean-is-no-index", "a-string-is-no-index"])
+def test_record_failure_fails_a_stream_at_the_part_that_failed(ddb, table, stream_id, index, failed_at):
+    # A Map item's Catch names its part; anything else that is not a whole number fails the run's first part
+    planned(ddb, table, stream_id, total=4)
+    event = {"stream_id": stream_id, "index": index, "failure": {"Error": "States.TaskFailed", "Cause": "x"}}
+    assert pipeline.record_failure(ddb, load_settings(), event)["recorded"]
+    assert manifest.read(ddb, table, stream_id).failed_index == failed_at
+
+
+@pytest.mark.parametrize("results, spoken", [
+    (None, []),  # the Map failed as a whole
+    ([], []),
+    ([{"index": 0}, {"index": 2, "error": "States.TaskFailed"}, {"index": 1}], [0, 1]),
+])
+def test_finish_counts_as_spoken_only_the_parts_whose_result_has_no_error(results, spoken):
+    assert pipeline.spoken_parts(results) == spoken
+
+
+@pytest.mark.parametrize("results, problem", [
+    ({"index": 0}, "part_results must be the Map's list of results"),
+    ([{"index": -1}], "a part result must carry its index as a whole number"),
+    ([{"index": True}], "a part result must carry its index as a whole number"),
+    ([{"index": "0"}], "a part result must carry its index as a whole number"),
+    ([{}], "a part result must carry its index as a whole number"),
+    (["0"], "a part result must carry its index as a whole number"),
+])
+def test_finish_refuses_part_results_that_are_not_the_maps(results, problem):
+    with pytest.raises(InvalidInput, match=problem):
+        pipeline.spoken_parts(results)
+
+
 def test_a_failure_with_no_usable_stream_id_is_not_recorded_and_says_why(ddb, table):
     # It runs in the workflow's error path: bad input is answered, never raised
     assert pipeline.record_failure(ddb, load_settings(), {"stream_id": "../x", "index": 0}) == {
