@@ -442,7 +442,8 @@ def ask_chatbot(ddb, settings: Settings, event, *, now_ms: int, backend=None) ->
                                          earlier_turns=earlier, keep_turns=settings.history_turns, now_ms=now_ms,
                                          ttl_hours=settings.manifest_ttl_hours)
         except (ClientError, BotoCoreError) as error:
-            history_error = f"{type(error).__name__}: {aws_error(error)[0] or error}"
+            # A ClientError names its code, operation and message; a BotoCoreError (a timeout) only its message
+            history_error = str(error) if isinstance(error, ClientError) else f"{type(error).__name__}: {error}"
     result = {"stream_id": stream_id, "text": answer[:settings.max_text_chars], "input_hash": event.get("input_hash"),
               "chat_error": failure, "history_error": history_error}
     if voice:

@@ -304,3 +304,22 @@ def test_a_chat_step_refuses_bad_input_before_asking_anyone(event, message):
     # ddb None: nothing may be read (and no bot asked) for input the step refuses
     with pytest.raises(InvalidInput, match=message):
         pipeline.ask_chatbot(None, config.load({}), event, now_ms=0)
+
+
+def test_a_lost_history_write_is_reported_by_its_error_code_and_the_bots_answer_still_goes_out(http_bot):
+    # Given a bot that answers, and a conversation table that refuses the write after the bot has answered
+    bot, url = http_bot
+    ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    settings = config.load({"CHAT_URL": url, "CONVERSATION_TABLE": "conversations"})
+    with Stubber(ddb) as stub:
+        stub.add_response("get_item", {})  # no earlier turns
+        stub.add_client_error("update_item", service_error_code="ProvisionedThroughputExceededException",
+                              service_message="Rate of requests exceeds the allowed throughput.", http_status_code=400)
+        result = pipeline.ask_chatbot(ddb, settings, TURN, now_ms=1_700_000_000_000)
+        stub.assert_no_pending_responses()
+
+    # Then the answer is spoken, the bot was asked once, and the operators read which error lost the exchange
+    assert result["text"] == chatbot.answer_for(TURN["question"], []) and result["chat_error"] == ""
+    assert len(bot.requests) == 1
+    assert result["history_error"] == ("An error occurred (ProvisionedThroughputExceededException) when calling the "
+                                       "UpdateItem operation: Rate of requests exceeds the allowed throughput.")
