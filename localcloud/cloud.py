@@ -341,19 +341,19 @@ class LocalCloud:
     def connect_client(self, service: str):
         """The client Connect makes its own requests with (invoking a function, fetching a prompt): one per
         service, kept, as Connect keeps its connections. Making a client costs ~5 ms of CPU that no call pays."""
-        with self._connect_lock:
-            if service not in self._connect_clients:
-                self._connect_clients[service] = self.client(service, Config(max_pool_connections=_POOL))
-            return self._connect_clients[service]
+        return self._kept(self._connect_clients, service)
 
     def kept_client(self, service: str):
         """localcloud's own client for starting runs and reading what they left (reports, checks): one per
         service, kept. Checks made a client per object read, ~5 ms of CPU each, taken from the fifty calls still
         running beside them. Register no handlers on it: `client()` makes a client of your own for that."""
+        return self._kept(self._kept_clients, service)
+
+    def _kept(self, clients: dict[str, object], service: str):
         with self._connect_lock:
-            if service not in self._kept_clients:
-                self._kept_clients[service] = self.client(service, Config(max_pool_connections=_POOL))
-            return self._kept_clients[service]
+            if service not in clients:
+                clients[service] = self.client(service, Config(max_pool_connections=_POOL))
+            return clients[service]
 
     def connect_clients(self) -> list:
         with self._connect_lock:
