@@ -306,7 +306,7 @@ def test_a_chat_step_refuses_bad_input_before_asking_anyone(event, message):
         pipeline.ask_chatbot(None, config.load({}), event, now_ms=0)
 
 
-def test_a_lost_history_write_is_reported_by_its_error_code_and_the_bots_answer_still_goes_out(http_bot):
+def test_a_lost_history_write_is_reported_in_dynamodbs_own_words_and_the_bots_answer_still_goes_out(http_bot):
     # Given a bot that answers, and a conversation table that refuses the write after the bot has answered
     bot, url = http_bot
     ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
