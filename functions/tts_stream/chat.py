@@ -36,15 +36,42 @@ class Exchange:
     answer: str
 
 
+# An exchange that crosses the history's limit is kept with the beginning of its answer, marked as cut, when at
+# least this much of the answer fits: a follow-up question is most often about what was just said, and a long
+# answer (what this project is for) must not leave the next question with no context at all.
+MIN_CUT_ANSWER_CHARS = 200
+CUT_MARK = " [...]"
+
+
 def bounded_history(history: list[Exchange], *, max_turns: int, max_chars: int) -> list[Exchange]:
-    """The most recent exchanges that fit both limits, oldest first: a bot gets context, never a novel."""
-    kept, size = [], 0
+    """The most recent exchanges that fit both limits, oldest first: a bot gets context, never a novel.
+
+    The first exchange (newest first) that does not fit whole is kept cut, if it can be (MIN_CUT_ANSWER_CHARS);
+    no older one is sent after it, so the bot never hears a conversation with a hole in it."""
+    kept, room = [], max_chars
     for exchange in reversed(history[-max_turns:] if max_turns > 0 else []):
-        size += len(exchange.question) + len(exchange.answer)
-        if size > max_chars:
-            break
-        kept.append(exchange)
+        size = len(exchange.question) + len(exchange.answer)
+        if size <= room:
+            kept.append(exchange)
+            room -= size
+            continue
+        answer_room = room - len(exchange.question) - len(CUT_MARK)
+        if answer_room >= MIN_CUT_ANSWER_CHARS:
+            kept.append(Exchange(exchange.question, _beginning(exchange.answer, answer_room) + CUT_MARK))
+        break
     return kept[::-1]
+
+
+def _beginning(text: str, most: int) -> str:
+    """At most `most` characters from the start of `text`: up to the last sentence end in them, or else the last
+    space, when that keeps at least half of them; a hard cut only for text with neither (Korean and English
+    both space their words)."""
+    window = text[:most + 1]  # a sentence that ends at the last character kept is seen by its following space
+    cut = max(window.rfind(end) for end in (". ", "? ", "! ", "\n"))
+    if cut >= most // 2:
+        return window[:cut + 1].rstrip()
+    cut = window[:most].rfind(" ")
+    return (window[:cut] if cut >= most // 2 else window[:most]).rstrip()
 
 
 def _answer_text(answer) -> str:

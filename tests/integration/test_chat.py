@@ -195,6 +195,30 @@ def test_pressing_a_key_stops_the_answer_and_its_synthesis(cloud, bot, slow_engi
     assert all(i is not None for i in second["indexes"])
 
 
+def test_after_an_answer_longer_than_the_history_holds_the_bot_still_knows_what_it_was_asked(cloud, bot, setting):
+    # Given a history of at most 1,500 characters and a first answer about twice as long
+    setting("HISTORY_CHARS", 1500)
+    contact = str(uuid.uuid4())
+
+    def ask(turn, question):
+        event = {"stream_id": f"{contact}-t{turn}", "contact_id": contact, "turn": turn, "question": question}
+        return pipeline.ask_chatbot(cloud.client("dynamodb"), load_settings(), event,
+                                    now_ms=time.time_ns() // 1_000_000)
+
+    assert ask(1, "Tell me everything about your plans.")["text"] == chatbot.LONG_ANSWER
+    assert len(chatbot.LONG_ANSWER) > 2 * 1500 - 100
+
+    # When the caller follows it up
+    asked = ask(2, "What did I ask?")
+
+    # Then the bot got that exchange, its answer's beginning marked as cut, within the limit, and remembered
+    [sent] = bot.requests[1]["history"]
+    assert sent["question"] == "Tell me everything about your plans."
+    assert sent["answer"].endswith(chat.CUT_MARK) and len(sent["question"]) + len(sent["answer"]) <= 1500
+    assert chatbot.LONG_ANSWER.startswith(sent["answer"].removesuffix(chat.CUT_MARK))
+    assert asked["text"] == "You asked: Tell me everything about your plans."
+
+
 @pytest.mark.parametrize("stored, sent", [("Bearer s3cr3t-TOKEN\n", "Bearer s3cr3t-TOKEN"),
                                           ("Bearer s3cr3t-TOKEN\r\nX-Injected: 1", None)],
                          ids=["trailing-newline", "header-injection"])

@@ -18,7 +18,8 @@ import lex
 from localcloud import chatbot
 from tests.loopback import free_port, unanswered_port
 from tts_stream import config, pipeline
-from tts_stream.chat import MAX_ANSWER_CHARS, MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat, bounded_history
+from tts_stream.chat import (CUT_MARK, MAX_ANSWER_CHARS, MAX_REPLY_BYTES, BedrockChat, ChatError, Exchange, HttpChat,
+                             bounded_history)
 from tts_stream.errors import InvalidInput
 
 
@@ -29,6 +30,47 @@ def test_history_keeps_the_most_recent_exchanges_that_fit_both_limits():
     assert [e.question for e in bounded_history(history, max_turns=6, max_chars=306)] == ["q7", "q8", "q9"]  # exactly
     assert bounded_history(history, max_turns=0, max_chars=10_000) == []
     assert [e.question for e in bounded_history(history, max_turns=2, max_chars=10_000)] == ["q8", "q9"]
+
+
+def test_an_exchange_longer_than_the_room_left_is_sent_cut_after_a_sentence_and_nothing_older():
+    # Given a long last answer (60 sentences of 30 characters) and shorter ones before it
+    long_answer = " ".join(f"Sentence {i:02} of the answer." for i in range(60))
+    history = [Exchange("q1", "a" * 100), Exchange("q2", "b" * 100), Exchange("q3", long_answer)]
+
+    # When the history may hold 1,000 characters
+    kept = bounded_history(history, max_turns=6, max_chars=1000)
+
+    # Then the bot gets the last exchange only, its answer cut after a whole sentence and marked, within the limit
+    [last] = kept
+    assert last.question == "q3" and last.answer.endswith("answer." + CUT_MARK)
+    assert long_answer.startswith(last.answer.removesuffix(CUT_MARK))
+    assert 900 < len(last.question) + len(last.answer) <= 1000
+
+
+def test_an_older_exchange_that_crosses_the_limit_is_cut_after_the_newer_ones_sent_whole():
+    history = [Exchange("q1", "x " * 1000), Exchange("q2", "b" * 300), Exchange("q3", "c" * 300)]
+    q1, q2, q3 = bounded_history(history, max_turns=6, max_chars=1000)
+    assert (q2, q3) == (history[1], history[2])
+    assert q1.question == "q1" and q1.answer.startswith("x x ") and q1.answer.endswith("x" + CUT_MARK)
+    assert sum(len(e.question) + len(e.answer) for e in (q1, q2, q3)) <= 1000
+
+
+@pytest.mark.parametrize("answer, cut", [
+    ("word " * 100, ("word " * 40).rstrip()),  # no sentence end: at the last space that fits
+    ("가나다라 " * 60, ("가나다라 " * 40).rstrip()),
+    ("x" * 500, "x" * 200),  # no space at all: a hard cut
+    ("One. " + "word " * 100, ("One. " + "word " * 39).rstrip()),  # a sentence end too early to keep only it
+], ids=["spaces", "korean", "no-space", "early-sentence"])
+def test_an_answer_is_cut_at_a_space_when_no_sentence_ends_in_its_second_half(answer, cut):
+    [kept] = bounded_history([Exchange("q", answer)], max_turns=1, max_chars=1 + 200 + len(CUT_MARK))
+    assert kept.answer == cut + CUT_MARK
+
+
+def test_an_exchange_is_not_sent_when_too_little_of_its_answer_would_fit():
+    history = [Exchange("q1", "a" * 1000), Exchange("q2", "b" * 100)]
+    room_for_199 = 102 + len("q1") + len(CUT_MARK) + 199
+    assert bounded_history(history, max_turns=6, max_chars=room_for_199) == [history[1]]
+    assert len(bounded_history(history, max_turns=6, max_chars=room_for_199 + 1)) == 2
 
 
 @pytest.fixture
