@@ -65,6 +65,11 @@ _BRACKET_CHARS = re.compile(r"[()\[\]{}\"“”‘’「」『』《》〈〉【
 # CJK full stops end a sentence even without a following space.
 _CANDIDATE = re.compile(r"([.!?…]+|[。！？]+)([" + re.escape(_CLOSERS) + r"]*)( ?)")
 
+# A Korean sentence end without its period ("재고가 없습니다 다음 주에"), as a speech-to-text answer or a
+# template writes it: a boundary as "없습니다. " would be. Only endings that close a sentence (-니다, -세요,
+# -어요, -까요, -죠 ...), never a bare 요 (필요, 중요 and 주요 are nouns).
+_KOREAN_END_UNPUNCTUATED = re.compile(r"(?<=[가-힣])(?:니다|세요|에요|예요|어요|아요|해요|까요|네요|군요|죠) (?=[가-힣])")
+
 # Abbreviations that pysbd's English list lacks but answers use before numbers ("approx. 20", "ext. 123").
 _EXTRA_ABBREVIATIONS = frozenset({
     "approx", "appt", "apt", "avg", "ca", "cf", "dept", "est", "excl", "hrs", "incl", "max", "mins",
@@ -77,13 +82,26 @@ _ABBREVIATIONS = frozenset(English.Abbreviation.ABBREVIATIONS) | _EXTRA_ABBREVIA
 _NEVER_SENTENCE_ENDS = frozenset({"approx", "dept", "excl", "incl", "qty"})
 _TITLES = frozenset(English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)  # dr, mr, mrs, prof, st, vs, fig ...
 _DOTTED_ABBREVIATION = re.compile(r"[A-Za-z]{1,3}(?:\.[A-Za-z]{1,3})+")  # a.m, e.g, U.S.A, Ph.D
+# What carries a time of day on, capitalized: "10 a.m. Monday through Friday", "9 a.m. Eastern Time", "5 p.m.
+# Dec. 24". pysbd splits before most of them. "May" only before a number ("9 a.m. May 5", not "9 a.m. May I"),
+# and none before a colon ("to 6 p.m. Saturday: 10 a.m.": a label, starting the next line of a list).
+_TIME_CONTINUES = frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun "
+    "january february march april june july august september october november december "
+    "jan feb mar apr jun jul aug sep sept oct nov dec "
+    "eastern central mountain pacific atlantic alaska hawaii korea korean seoul local "
+    "et ct mt pt est edt cst cdt mst mdt pst pdt akst hst kst jst utc gmt bst cet cest ist aest".split())
+_WORD_AT = re.compile(r"[\"'“‘(]*([A-Za-z]+)\.?(:?)(?: (\d))?")
 
+# Each is tried only where a run of the characters it spans starts: tried at every word of "1.2.1.2..." or
+# "가가가...", they took seconds (quadratic) on an answer of 20,000 characters, which ConnectFunction must
+# split within Connect's 8 s.
 _URL = re.compile(
     r"(?:https?://|www\.)\S+"
-    r"|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|edu|gov|io|ai|app|dev|co|kr|jp|uk|us|info|biz)\b(?:/\S*)?",
+    r"|(?<![\w.-])[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|edu|gov|io|ai|app|dev|co|kr|jp|uk|us|info|biz)\b(?:/\S*)?",
     re.IGNORECASE,
 )
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _URL_TRAILING_PUNCTUATION = ".,;:!?)]}'\"”’"
 
 # Places to cut a sentence that is too long, strongest first: clause boundaries, then phrase boundaries
@@ -97,8 +115,9 @@ _PRIORITY_SPACE = 1
 _PRIORITY_GLUED = 0
 _CUT_PATTERNS = (
     (re.compile(r"[;:] "), _PRIORITY_SEMICOLON),
-    # Not a comma between two numbers: "March 15, 2024" and "1, 2 or 3" are one thing to a listener.
-    (re.compile(r"(?:(?<!\d)[,、，]|[,、，](?! \d)| [-–—]|—) "), _PRIORITY_COMMA),
+    # Not a comma between two numbers: "March 15, 2024" and "1, 2 or 3" are one thing to a listener; nor a dash
+    # before one: "5 - 7 days", "9 a.m. – 6 p.m." and "$10 - $20" are ranges.
+    (re.compile(r"(?:(?<!\d)[,、，] |[,、，] (?!\d)|(?: [-–—]|—) (?![$€£₩]?\d))"), _PRIORITY_COMMA),
     # Cut before an English conjunction, after a Korean connective ending (먹고, 하며, 했는데, 좋지만, 발송되어).
     (re.compile(
         r" (?=(?:and|but|or|so|because|which|while|although|though|whereas|unless|until|since|if|when"
@@ -114,7 +133,10 @@ _CUT_PATTERNS = (
 # Cut before a preposition or article that starts a phrase ("looking | for the jacket", not "for | the").
 _PHRASE_WORDS = frozenset({"the", "a", "an", "to", "of", "for", "in", "on", "at", "by", "with", "from",
                            "about", "into", "after", "before", "during", "that", "who"})
-_WORD_AFTER_SPACE = re.compile(r"(?<= )[A-Za-z]+\b")
+_LONGEST_CUT_WORD = max(map(len, _PHRASE_WORDS | {"although", "whereas", "because"}))
+_WORD_AFTER_SPACE = re.compile(r"(?<= )[A-Za-z]+(?=[ ,;:]|$)")  # a word, not the "a" of "a.m." or "e.g."
+# A number at a space, after a spaced dash: "$10 – | $20", "5 - | 7 days" is inside a range.
+_RANGE_END = re.compile(r"[$€£₩]?\d")
 
 # Markdown, line by line (block syntax) and inline.
 # A fence line (CommonMark: 3+ backticks with an info string holding no backtick, or 3+ tildes); "```reset```
@@ -123,14 +145,27 @@ _FENCE_LINE = re.compile(r"^\s*(?:`{3,}[^`]*|~{3,}.*)$")
 _RULE_LINE = re.compile(r"^\s*([-*_])(?:\s*\1){2,}\s*$")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)(?:\s+#+)?\s*$")
 _BLOCKQUOTE = re.compile(r"^\s*(?:>\s?)+")
-_BULLET = re.compile(r"^\s*[-*+•]\s+")
+_BULLET = re.compile(r"^\s*[-*+•–·]\s+")
+_TASK_BOX = re.compile(r"^\[[ xX]\]\s+")  # "- [x] Back up your phone": the box is not read
+# "[1]: https://example.com" defines a reference link: nothing to say. A footnote's text ("[^1]: Fees apply.") is.
+_LINK_DEFINITION = re.compile(r"^\s{0,3}\[(?!\^)[^\]]{1,500}\]:\s*\S+")
+_FOOTNOTE = re.compile(r"\[\^[^\]\s]{1,50}\]:?")
 _NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+# Spans are bounded (a link's text, a bold phrase: 500 characters; a link's target: 2,000) so that an
+# opener with no closer costs a bounded scan, not one to the end of the line for every opener ("*a *a *a ...").
+# A link's target may hold one level of parentheses: [FAQ](https://example.com/faq_(general)).
+_IMAGE = re.compile(r"!\[([^\]]{0,500})\]\((?:[^()]|\([^()]*\)){0,2000}\)")
+_LINK = re.compile(r"\[([^\]]{1,500})\]\((?:[^()]|\([^()]*\)){0,2000}\)")
+_REFERENCE_LINK = re.compile(r"\[([^\]]{1,500})\]\[[^\]]{0,100}\]")  # [the guide][1]
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # a line break inside a table cell
+# The entities an answer written for a web page carries; numeric ones could spell control characters
+_HTML_ENTITY = re.compile(r"&(amp|lt|gt|quot|apos|nbsp);")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'", "nbsp": " "}
 _INLINE_CODE = re.compile(r"`+([^`]+?)`+")
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)")
-_EMPHASIS = re.compile(r"(?<![\d*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*|(?<!\w)_(?=[^\s_])(.+?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
-_STRIKE = re.compile(r"~~(?=\S).+?(?<=\S)~~")
+_STRONG = re.compile(r"\*\*(?=\S)(.{1,500}?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.{1,500}?)(?<=\S)__(?!\w)")
+_EMPHASIS = re.compile(r"(?<![\d*])\*(?=[^\s*])(.{1,500}?)(?<=[^\s*])\*"
+                       r"|(?<!\w)_(?=[^\s_])(.{1,500}?)(?<=[^\s_])_(?!\w)")  # not 5*3*2
+_STRIKE = re.compile(r"~~(?=\S).{1,500}?(?<=\S)~~")
 _TABLE_DELIMITER = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")  # |---|:--:|
 _TABLE_PIPE = re.compile(r"(?<!\\)\|")
 _CELL_END = re.compile(r"[\s.,;:]+$")
@@ -138,7 +173,7 @@ _CELL_END = re.compile(r"[\s.,;:]+$")
 _MARK_CELLS = {mark: answer for marks, answer in (("✅✔☑✓⭕○◯", ("yes", "예")), ("❌✖❎✗✘✕", ("no", "아니요")))
                for mark in marks}
 _MARK = re.compile("^([" + "".join(_MARK_CELLS) + "])[\ufe0e\ufe0f]?(?: +(.*))?$")
-_ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。:;,]$")
+_ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。！？:;,]$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
 # names ("smiling face with smiling eyes"), which no answer meant. Dingbat digits (❶-➓) stay.
@@ -152,10 +187,12 @@ _WHITESPACE = re.compile(r"\s+")
 def normalize_for_speech(text: str) -> str:
     """Return the text a voice should read: Markdown removed, whitespace collapsed to single spaces.
 
-    Headings, bullets, blockquotes, fences, emphasis, inline code and link targets are removed, and so
-    is struck-out text and emoji; numbered-list markers stay because "1." is spoken naturally. A heading or
-    list line without final punctuation gets a period when more text follows, and so does a line that leads
-    into a list, so the voice pauses between items instead of running "Hours We open at 9" together. Plain
+    Headings, bullets (and task boxes), blockquotes, fences, emphasis, inline code, link targets, reference
+    link definitions, footnote marks and HTML line breaks are removed, common HTML entities (&amp;) read as
+    their characters, and struck-out text and emoji are removed too; numbered-list markers stay because "1." is spoken naturally. A line without
+    final punctuation gets a period when more text follows, so the voice pauses between lines instead of
+    running "Hours We open at 9" or "Total: 31,200 won Delivery: Friday" together; not when the next line
+    starts in lower case (a sentence wrapped by hand), unless one of the two is a heading or a list item. Plain
     single-spaced text comes back unchanged.
 
     A table (GitHub's pipe syntax) is read a row at a time, each cell after its column's heading: "Basic,
@@ -182,10 +219,13 @@ def _normalize_once(text: str, korean: bool) -> str:
     next_spoken = dict(zip(spoken_lines, spoken_lines[1:]))  # each spoken line -> the next one, if any
     spoken = []
     for index, (line, is_item) in enumerate(kept):
-        words = line.strip()
-        leads_on = index in next_spoken and (is_item or kept[next_spoken[index]][1])
-        if leads_on and not _ENDS_WITH_PUNCTUATION.search(words):
-            line = line.rstrip() + "."
+        if index in next_spoken and not _ENDS_WITH_PUNCTUATION.search(line.rstrip().rstrip(_CLOSERS)):
+            following, follows_item = kept[next_spoken[index]]
+            # A line ends a sentence unless the next one carries it on in lower case (text wrapped by hand):
+            # "Order number: 2024-0315\nTotal: 31,200 won" is two statements, and a heading, a list item or the
+            # line that leads into a list always is.
+            if is_item or follows_item or not following.lstrip()[:1].islower():
+                line = line.rstrip() + "."
         spoken.append(line)
     return _without_pictographs(_WHITESPACE.sub(" ", " ".join(spoken)).strip())
 
@@ -276,20 +316,23 @@ def _spoken_rows(headings: list[str], rows: list[list[str]]) -> list[str]:
 def _strip_block_markdown(line: str) -> tuple[str, bool] | None:
     """Remove a line's block syntax (a blockquote's is gone already); None drops the line. The flag marks headings
     and list items."""
-    if _FENCE_LINE.match(line) or _RULE_LINE.match(line):
+    if _FENCE_LINE.match(line) or _RULE_LINE.match(line) or _LINK_DEFINITION.match(line):
         return None
     heading = _HEADING.match(line)
     if heading:
         return heading.group(1), True
     bullet = _BULLET.match(line)
     if bullet:
-        return line[bullet.end():], True
+        return _TASK_BOX.sub("", line[bullet.end():]), True
     return line, bool(_NUMBERED.match(line))
 
 
 def _strip_inline_markdown(line: str) -> str:
+    line = _HTML_BREAK.sub(" ", _HTML_ENTITY.sub(lambda m: _ENTITIES[m.group(1)], line))
+    line = _FOOTNOTE.sub("", line)
     line = _IMAGE.sub(r"\1", line)
     line = _LINK.sub(r"\1", line)
+    line = _REFERENCE_LINK.sub(r"\1", line)
     line = _INLINE_CODE.sub(r"\1", line)
     line = _STRONG.sub(lambda m: m.group(1) or m.group(2), line)
     line = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), line)
@@ -366,14 +409,17 @@ def _check_limits(first_max: int, target: int, max_len: int) -> None:
 
 def whole_sentences(text: str) -> str:
     """`text` without its last sentence when that one was cut off (no final punctuation): what a chatbot said
-    before it ran out of tokens. Sentences end where split_for_speech says ("Call Dr. Kim" is not two); text
-    that is one unfinished sentence is kept, as better than nothing."""
+    before it ran out of tokens. Sentences end where split_for_speech says ("Call Dr. Kim" is not two); a last
+    line with no sentence end in it (a list item, a table row "| Pro | $2") goes whole, unless it is a table row
+    that ended ("| Pro | $20 |"); text that is one unfinished sentence is kept, as better than nothing."""
     stripped = text.strip()
-    if not stripped or _FINISHED.search(stripped):
+    head, newline, last = stripped.rpartition("\n")
+    if not stripped or _FINISHED.search(stripped) or newline and last.rstrip().endswith("|"):
         return stripped
-    # Line breaks end sentences as spaces do (the chunker sees normalized, single-spaced text)
-    starts = _find_sentence_boundaries(re.sub(r"\s", " ", stripped), len(stripped)).starts
-    return stripped[:starts[-1]].rstrip() if starts else stripped
+    starts = _find_sentence_boundaries(re.sub(r"\s", " ", last), len(last)).starts  # a space for a space: same indexes
+    if starts:
+        return (head + newline + last[:starts[-1]]).rstrip()
+    return head.rstrip() if newline else stripped
 
 
 _FINISHED = re.compile(r"[.!?…。！？][" + re.escape(_CLOSERS) + r"]*$")
@@ -419,6 +465,9 @@ def _find_sentence_boundaries(text: str, max_len: int) -> _Boundaries:
             cut_priority[boundary] = _PRIORITY_COMMA
         else:
             cut_priority[boundary] = _PRIORITY_GLUED
+    starts.extend(match.end() for match in _KOREAN_END_UNPUNCTUATED.finditer(text)
+                  if not _inside_span(match.start(), match.end(), quote_spans, quote_opens))
+    starts.sort()
     confirmed = _ask_pysbd(text, asks, starts)
     for _, boundary in asks:
         if boundary not in confirmed:
@@ -443,9 +492,21 @@ def _classify(text: str, match: re.Match) -> str:
         return _GLUED  # "Dr. Kim", "Prof. Han": pysbd never splits after a title either
     if token.lower() in _NEVER_SENTENCE_ENDS:
         return _GLUED  # pysbd does not know these, so it would always split before a capital
+    if token.lower() in ("a.m", "p.m") and _time_continues(text, match.end()):
+        return _GLUED
     if _is_abbreviation(token):
         return _ASK if following.isupper() else _GLUED  # "9 a.m. Please"? / "approx. 20", "5 p.m. 주문하신"
     return _PAUSE if following.islower() else _SPLIT
+
+
+def _time_continues(text: str, index: int) -> bool:
+    """Whether the word at `index` carries a time of day on (a day, a month, a time zone: _TIME_CONTINUES); not
+    as a label ("6 p.m. Saturday: 10 a.m. to 2 p.m.", a list of opening hours)."""
+    word = _WORD_AT.match(text, index)
+    if not word or word.group(2):
+        return False
+    name = word.group(1).lower()
+    return name in _TIME_CONTINUES or name == "may" and word.group(3) is not None
 
 
 def _token_before(text: str, index: int) -> str:
@@ -642,17 +703,24 @@ def _best_cut(text: str, start: int, limit_end: int, shortest: int, boundaries: 
         if first_word < cut <= limit_end and priority > priority_at.get(cut, -1):
             priority_at[cut] = priority
 
+    # Patterns see the whole word at the window's end ("and" cut to "a" is neither a conjunction nor an article),
+    # and no further: a text without spaces must not be scanned to its end for every piece.
+    horizon = min(len(text), _word_end(text, limit_end) + 1, limit_end + _LONGEST_CUT_WORD + 2)
     for pattern, priority in _CUT_PATTERNS:
-        for match in pattern.finditer(window):
-            offer(start + match.end(), priority)
+        for match in pattern.finditer(text, start, horizon):
+            offer(match.end(), priority)
     previous_word = ""
-    for match in _WORD_AFTER_SPACE.finditer(window):
+    for match in _WORD_AFTER_SPACE.finditer(text, start, horizon):
         if match.group().lower() in _PHRASE_WORDS and previous_word.lower() not in _PHRASE_WORDS:
-            offer(start + match.start(), _PRIORITY_PHRASE)
+            offer(match.start(), _PRIORITY_PHRASE)
         previous_word = match.group()
     for index, char in enumerate(window):
         if char == " ":
-            offer(start + index + 1, _PRIORITY_SPACE)
+            # A number and what it counts, or a range, are one thing: "within 30 | days" and "5 - | 7" only when
+            # no other space will do
+            in_number = window[index - 1:index].isdigit() or (
+                window[index - 2:index] in (" -", " –", " —") and _RANGE_END.match(text, start + index + 1))
+            offer(start + index + 1, _PRIORITY_GLUED if in_number else _PRIORITY_SPACE)
     for cut, priority in boundaries.cut_priority.items():
         if first_word < cut <= limit_end:
             priority_at[cut] = priority

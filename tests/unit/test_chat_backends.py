@@ -310,6 +310,11 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     # The limit reached exactly at a sentence's end: nothing is cut
     ("It ships on Monday. It should arrive by Friday.\n", "It ships on Monday. It should arrive by Friday."),
     ('He asked "Is it Monday?" She said "Yes, Monday!"', 'He asked "Is it Monday?" She said "Yes, Monday!"'),
+    # A last line with no sentence end in it goes whole: a list item or a table row cut off mid-word or mid-price
+    ("Here is how:\n1. Open the app\n2. Tap Settings\n3. Choose Res", "Here is how:\n1. Open the app\n2. Tap Settings"),
+    ("| Plan | Price |\n|---|---|\n| Basic | $10 |\n| Pro | $2", "| Plan | Price |\n|---|---|\n| Basic | $10 |"),
+    ("| Plan | Price |\n|---|---|\n| Basic | $10 |", "| Plan | Price |\n|---|---|\n| Basic | $10 |"),
+    ("Steps:\n- Open the app. Then tap Sett", "Steps:\n- Open the app."),
 ])
 def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
     client, stub = bedrock

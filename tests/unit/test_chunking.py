@@ -366,6 +366,24 @@ def test_a_long_run_of_emoji_is_dropped_in_linear_time():
     assert json.loads(done.stdout) == ["Congrats see you", "우리 가족 사랑해요", "x y."]
 
 
+def test_long_runs_without_spaces_or_with_unclosed_markup_split_in_linear_time():
+    # Patterns tried at every word of a run with no space ("1.2.1.2...", "가가가...", ".a.a.a") or at every opener
+    # with no closer ("*a *a *a", "[a](") took 2-24 s on 20,000 characters, what one answer may hold: longer than
+    # Connect waits for ConnectFunction. At 50,000 characters one quadratic pattern takes minutes and outlives the
+    # 60 s given here; the linear ones take ~6 s in all.
+    answers = ["1.2." * 12_500, ".a" * 25_000, "가" * 50_000, "a" * 50_000, "这是一个句子." * 7_000,
+               "a@" * 25_000, "*a " * 16_666, "_a " * 16_666, "~~a " * 12_500, "**a " * 12_500, "[a](" * 12_500]
+    script = ("import json, sys; from tts_stream.chunking import detect_language, normalize_for_speech, split_for_speech;"
+              " print(json.dumps([[''.join(split_for_speech(a)) == normalize_for_speech(a), detect_language(a)]"
+              " for a in json.load(sys.stdin)]))")
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(answers), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "functions")})
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[True, language] for language in ("en", "en", "ko", "en", "en", "en", "en", "en",
+                                                                          "en", "en", "en")]
+
+
 @pytest.mark.parametrize("limit", range(21, 32))
 def test_a_word_longer_than_the_limit_is_never_cut_between_a_letter_and_its_combining_mark(limit):
     # Given a word with no space to cut at, each letter carrying a combining accent with no precomposed form
