@@ -22,6 +22,7 @@ from tts_stream.manifest import (
 # flow never has this many Play blocks in a row.
 MAX_BATCH_SIZE = 10
 _INDEX = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also accepts other scripts' digits
+MAX_INDEX = 999_999
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def parse_index(raw, name: str) -> int:
         raise InvalidInput(f"{name} must be a whole number given as a string, got {type(raw).__name__}")
     text = str(raw).strip()
     if not _INDEX.fullmatch(text):
-        raise InvalidInput(f"{name} must be a whole number from 0 to 999999, got {shown(raw)}")
+        raise InvalidInput(f"{name} must be a whole number from 0 to {MAX_INDEX}, got {shown(raw)}")
     return int(text)
 
 

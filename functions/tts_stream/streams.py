@@ -399,6 +399,8 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
     question = pipeline.check_question(params.get("Question"), settings)
     _, voice, language = pipeline.check_content("x", params.get("Voice"), params.get("Language"), settings)
     previous = batches.parse_index(params.get("PreviousTurn") or "0", "PreviousTurn")
+    if previous >= batches.MAX_INDEX:  # its next turn could never come back as a PreviousTurn
+        raise InvalidInput(f"PreviousTurn must be below {batches.MAX_INDEX}: pass the Turn of the last reply")
     question_hash = pipeline.input_hash(f"chat:{question}", voice, language)
     try:
         turn, replaced = conversation.start_turn(clients.ddb, settings.conversation_table, request.contact_id,
@@ -436,13 +438,14 @@ def get_next_batch(clients: Clients, settings: Settings, request: Request, *, cl
 def stop(clients: Clients, settings: Settings, request: Request, *, clock: Clock) -> dict[str, str]:
     """Barge-in: the caller interrupted. Nothing more of this stream plays and its synthesis stops."""
     stream_id = check_stream_id(request.params.get("StreamId"))
+    batch_size = _batch_size(request.params)  # a request refused for its BatchSize must not have cancelled anything
     manifest.cancel(clients.ddb, settings.table_name, stream_id)
     found = manifest.read(clients.ddb, settings.table_name, stream_id)
     if found is None:
         return error_reply("not_found", f"stream {stream_id} does not exist (or has expired)", stream_id=stream_id,
-                           batch_size=_batch_size(request.params))
+                           batch_size=batch_size)
     batch = batches.Batch(stream_id, found.status, (), 0, True, "")
-    return reply(batch, [], _batch_size(request.params))
+    return reply(batch, [], batch_size)
 
 
 _HANDLERS = {"start_stream": start_stream, "chat_and_stream": chat_and_stream, "get_next_batch": get_next_batch,

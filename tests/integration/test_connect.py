@@ -305,6 +305,7 @@ class VirtualClock:
     (event(Action="chat_and_stream", Question="why " * 501), "error", "Question has 2004 characters; the most "
                                                                       "accepted is 2000"),
     (event(Action="chat_and_stream", Question="Hi\x07?"), "error", "Question contains control characters"),
+    (event(Action="chat_and_stream", Question="Hi?", PreviousTurn="999999"), "error", "PreviousTurn must be below"),
     (event(Action="start_stream", BatchSize=5), "error", "text is missing"),
     (event(Action="start_stream", BatchSize=5, Text="x" * 20001), "error", "the most a stream takes is 20000"),
     (event(Action="start_stream", BatchSize=5, Text="Hi.", Language="fr"), "error", "language 'fr'"),
@@ -313,7 +314,7 @@ class VirtualClock:
     ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
 ], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
         "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact",
-        "blank-question", "huge-question", "control-question", "no-text", "huge-text", "unknown-language", "details-not-a-map",
+        "blank-question", "huge-question", "control-question", "last-turn", "no-text", "huge-text", "unknown-language", "details-not-a-map",
         "not-an-object", "parameters-not-a-map"])
 def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
     reply = cloud.invoke("ConnectFunction", bad)
@@ -322,6 +323,19 @@ def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, me
     assert reply["Final"] == "true" and reply["Count"] == "0"
     assert all(isinstance(v, str) for v in reply.values())
     json.dumps(reply)
+
+
+def test_a_stop_refused_for_its_batch_size_leaves_the_stream_playing(cloud, make_stream, stream_id):
+    # Given a stream with parts ready
+    make_stream(stream_id, 3).ready(0, 1)
+
+    # When a stop arrives with a BatchSize that is not a number
+    refused = cloud.invoke("ConnectFunction", event(Action="stop", StreamId=stream_id, BatchSize="all"))
+
+    # Then it is refused, and the stream plays on as if it had never come
+    assert refused["Status"] == "error" and "BatchSize" in refused["Error"]
+    assert next_batch(cloud, stream_id, 0)["Status"] == "streaming"
+    assert urls(next_batch(cloud, stream_id, 0)) != []
 
 
 def test_a_stream_id_reused_for_another_text_is_refused(cloud):
