@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tts_stream import batches, config, conversation, manifest, pipeline
-from tts_stream.config import STREAM_ID_PATTERN, Settings, check_stream_id
+from tts_stream.config import MAX_STREAM_ID_CHARS, STREAM_ID_PATTERN, Settings, check_stream_id
 from tts_stream.errors import (InvalidInput, StreamCancelled, StreamConflict, is_throttling, is_transient_aws_error,
                                shown)
 
@@ -396,6 +396,10 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
         raise InvalidInput("chat_and_stream needs the event's ContactId (Details.ContactData.ContactId): a "
                            "conversation is kept per contact")
     check_stream_id(request.contact_id)
+    longest = MAX_STREAM_ID_CHARS - len(f"-t{batches.MAX_INDEX}")  # every turn's stream id, CONTACTID-tN, must be a valid one
+    if len(request.contact_id) > longest:
+        raise InvalidInput(f"the event's ContactId has {len(request.contact_id)} characters; turns need it to "
+                           f"have at most {longest}")
     question = pipeline.check_question(params.get("Question"), settings)
     _, voice, language = pipeline.check_content("x", params.get("Voice"), params.get("Language"), settings)
     previous = batches.parse_index(params.get("PreviousTurn") or "0", "PreviousTurn")

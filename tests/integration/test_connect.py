@@ -301,6 +301,8 @@ class VirtualClock:
     (event(contact_id="", Action="chat_and_stream", Question="Hi?"), "error", "chat_and_stream needs the event's "
                                                                              "ContactId"),
     (event(contact_id="../x", Action="chat_and_stream", Question="Hi?"), "error", "stream id '../x' is not valid"),
+    (event(contact_id="c" * 57, Action="chat_and_stream", Question="Hi?"), "error", "ContactId has 57 characters; "
+                                                                                   "turns need it to have at most 56"),
     (event(Action="chat_and_stream", Question="  "), "error", "Question is missing or empty"),
     (event(Action="chat_and_stream", Question="why " * 501), "error", "Question has 2004 characters; the most "
                                                                       "accepted is 2000"),
@@ -314,6 +316,7 @@ class VirtualClock:
     ({"Details": {"Parameters": ["Action"]}}, "error", "Parameters must be a map"),
 ], ids=["unknown-action", "no-action", "no-stream-id", "escaping-stream-id", "negative-index", "word-index",
         "zero-batch", "unknown-stream", "stop-unknown-stream", "chat-without-contact", "chat-bad-contact",
+        "chat-contact-too-long-for-its-turns",
         "blank-question", "huge-question", "control-question", "last-turn", "no-text", "huge-text", "unknown-language", "details-not-a-map",
         "not-an-object", "parameters-not-a-map"])
 def test_bad_requests_get_a_clear_error_and_a_final_reply(cloud, bad, status, message):
