@@ -128,8 +128,8 @@ def part_item(stream_id: str, index: int, text: str, planned: "manifest.Manifest
 
 # Step Functions refuses state data over 256 KiB (UTF-8) with States.DataLimitExceeded, which no Catch sees: the
 # stream would sit unfinished until its timeout. Plan's output (every part's text and settings) stays below, with
-# room for the Map's results beside it (about 20 bytes a spoken part; a failed part's error is longer, but then
-# the stream has failed already).
+# room for the Map's results beside it: {"index":9999} a spoken part, {"index":9999,"error":"failed"} (32 bytes
+# with its comma) a failed one, whose reason the workflow keeps out of its state.
 STATE_MAX_BYTES = 262_144
 _RESULT_BYTES_PER_PART = 32
 _STATE_MARGIN_BYTES = 8_192

@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from localcloud import faults, runs
-from tts_stream import audio, manifest
+from tts_stream import audio, manifest, pipeline
 from tts_stream.config import part_key
 
 TEXT = (
@@ -104,6 +104,25 @@ def test_a_part_that_fails_for_good_fails_the_stream_at_its_index(cloud, stream_
     # and the parts before it are still there to be played
     assert all(i in found.ready for i in range(failing))
     assert failing not in found.ready
+
+
+def test_the_maps_results_fit_the_room_plan_leaves_for_them_even_when_parts_fail(cloud, stream_id, monkeypatch):
+    # Given an engine that rejects two sentences for good, with a long reason
+    finished = []
+    finish = pipeline.finish_stream
+    monkeypatch.setattr(pipeline, "finish_stream", lambda ddb, settings, event: finished.append(event) or
+                        finish(ddb, settings, event))
+    text = "One is fine. Two breaks the engine. Three is fine. Four breaks the engine too. Five is fine."
+    with faults.engine_faults(faults.EngineFault("breaks the engine", permanent=True)):
+        runs.run_stream(cloud, text, stream_id=stream_id, language="en")
+
+    # Then every part's result in the workflow's state, failed or spoken, is within what Plan budgets for it
+    [event] = finished
+    results = event["part_results"]
+    assert len(results) == _manifest(cloud, stream_id).total
+    assert sum("error" in result for result in results) == 2
+    for result in results:
+        assert len(json.dumps(result, separators=(",", ":"))) + 1 <= pipeline._RESULT_BYTES_PER_PART
 
 
 def test_a_transient_engine_failure_is_retried_to_success(cloud, stream_id):
