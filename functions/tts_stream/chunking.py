@@ -379,8 +379,8 @@ def split_for_speech(
     colon, comma or dash, conjunction or Korean connective ending (-고, -며, -는데, -지만, -어서), phrase
     start (before "of", after 은/는/을/를), then the last space; a hard cut only when there is no space.
     A last chunk under TINY_TAIL characters is merged into the previous one when that stays within limits.
-    Time grows linearly: ~1 ms per 1,000 characters of a usual answer, ~3.5 ms when every sentence has an
-    ambiguous abbreviation for pysbd to judge (tests/bench/bench_chunking.py).
+    Time grows linearly: ~3 ms per 1,000 characters of a usual English answer, ~10 ms when every sentence has
+    an ambiguous abbreviation for pysbd to judge (tests/bench/bench_chunking.py on the 2-core build machine).
     See DEFAULT_FIRST_MAX, DEFAULT_TARGET and DEFAULT_MAX_LEN for why the defaults are what they are.
     """
     _check_limits(first_max, target, max_len)
