@@ -34,8 +34,8 @@ VOICES = {"en": "en-us", "ko": "ko"}
 
 @dataclass(frozen=True)
 class Fault:
-    """What the server does instead of answering normally; build one with status, delay, trickle, body,
-    malformed or drop."""
+    """What the server does instead of answering normally; build one with status, delay, trickle, slow_headers,
+    body, malformed, drop or cut."""
 
     kind: str
     status: int = 200
@@ -57,6 +57,12 @@ def delay(seconds: float) -> Fault:
 def trickle(pieces: int = 20, interval_s: float = 0.1) -> Fault:
     """Answer normally, but send the audio in `pieces` parts `interval_s` apart (a server that stalls mid-answer)."""
     return Fault("trickle", status=pieces, delay_s=interval_s)
+
+
+def slow_headers(lines: int = 8, interval_s: float = 0.5) -> Fault:
+    """Answer normally, but send the status line, then `lines` header lines `interval_s` apart, before the real
+    headers and the audio (a server, or a proxy, that stalls before its answer starts)."""
+    return Fault("headers", status=lines, delay_s=interval_s)
 
 
 def body(data: bytes, content_type: str | None = None, **headers: str) -> Fault:
@@ -186,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "delay":
                 self.server._stopping.wait(fault.delay_s)
-        self._trickle = fault if fault is not None and fault.kind in ("trickle", "cut") else None
+        self._trickle = fault if fault is not None and fault.kind in ("trickle", "cut", "headers") else None
         if self.path.split("?")[0] != PATH:
             return self._error(404, f"no such path {self.path!r}: POST to {PATH}")
         if self.server.auth and self.headers.get("Authorization") != self.server.auth:
@@ -225,6 +231,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps({"error": message}).encode(), [("Content-Type", "application/json")])
 
     def _send(self, code: int, data: bytes, headers: list[tuple[str, str]]) -> None:
+        if code == 200 and self._trickle is not None and self._trickle.kind == "headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            self.wfile.flush()
+            for line in range(self._trickle.status):
+                if self.server._stopping.wait(self._trickle.delay_s):
+                    return
+                self.wfile.write(f"X-Still-Working-{line}: yes\r\n".encode())
+                self.wfile.flush()
+            for name, value in [*headers, ("Content-Length", str(len(data)))]:
+                self.wfile.write(f"{name}: {value}\r\n".encode())
+            self.wfile.write(b"\r\n" + data)
+            return
         self.send_response(code)
         for name, value in headers:
             self.send_header(name, value)

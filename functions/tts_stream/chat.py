@@ -6,13 +6,12 @@ apology in the stream's voice, so a caller never meets silence or a dropped call
 
 import http.client
 import json
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tts_stream import chunking
+from tts_stream import chunking, deadline
 
 MAX_ANSWER_CHARS = 20000
 # The most a reply may hold: an answer of MAX_ANSWER_CHARS in JSON escapes (12 bytes for a character outside the
@@ -113,16 +112,10 @@ class HttpChat:
             connection.connect()  # within CONNECT_S, the TLS handshake included; ChatTimeoutMs starts after it
             connected = True
             connection.sock.settimeout(self.timeout_s)
-            # A socket timeout bounds each read only: a bot sending its reply a byte at a time would hold the turn
-            # far past ChatTimeoutMs. At the deadline the socket is shut, which ends any read at once.
-            watchdog = threading.Timer(self.timeout_s, _cut, (connection.sock, cut_off))
-            watchdog.start()
-            try:
+            with deadline.cut_off_at(connection.sock, self.timeout_s) as cut_off:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 payload = response.read(MAX_REPLY_BYTES + 1)
-            finally:
-                watchdog.cancel()
             if cut_off.is_set():
                 raise TimeoutError
         except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, a cut-off or bad reply
@@ -147,14 +140,6 @@ class HttpChat:
         except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's stack
             raise ChatError("the chatbot's reply is not JSON") from None
         return _answer_text(reply.get("answer") if isinstance(reply, dict) else None)
-
-
-def _cut(sock, cut_off: threading.Event) -> None:
-    cut_off.set()
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed: the reply was read
 
 
 class BedrockChat:

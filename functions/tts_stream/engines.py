@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from tts_stream import config, secrets
+from tts_stream import config, deadline, secrets
 from tts_stream.audio import SUPPORTED_SAMPLE_RATES
 from tts_stream.errors import (
     InvalidInput,
@@ -453,24 +453,30 @@ class HttpEngine:
                 raise RetryableError(f"could not connect to TTS server {self._where}: {error}: try again") from error
             # The response may take the socket over from the connection: keep it to move the deadline.
             sock = connection.sock
-            deadline = time.monotonic() + self.read_timeout_s
+            ends = time.monotonic() + self.read_timeout_s
             sock.settimeout(self.read_timeout_s)
+            cut_off = threading.Event()
             try:
-                connection.request("POST", self._target, body=body, headers=headers)
-                response = connection.getresponse()
-                ok = 200 <= response.status < 300
-                limit = HTTP_MAX_AUDIO_BYTES if ok else _HTTP_ERROR_BODY_BYTES
-                payload = _read_until(response, sock, deadline, limit, truncate=not ok)
+                # Each read waits at most until the deadline; the status line and headers, which http.client reads
+                # itself, are bounded by shutting the socket at the deadline.
+                with deadline.cut_off_at(sock, self.read_timeout_s) as cut_off:
+                    connection.request("POST", self._target, body=body, headers=headers)
+                    response = connection.getresponse()
+                    ok = 200 <= response.status < 300
+                    limit = HTTP_MAX_AUDIO_BYTES if ok else _HTTP_ERROR_BODY_BYTES
+                    payload = _read_until(response, sock, ends, limit, truncate=not ok)
+                if cut_off.is_set():
+                    raise TimeoutError
                 if ok and payload is None:
                     raise PermanentSynthesisError(
                         f"TTS server {self._where} sent more than {limit} bytes of audio for one part"
                     )
                 return response.status, response.reason, response.headers, payload or b""
-            except TimeoutError:
-                raise RetryableError(
-                    f"TTS server {self._where} did not answer within {self.read_timeout_s:g} s: try again"
-                ) from None
             except (OSError, http.client.HTTPException) as error:
+                if cut_off.is_set() or isinstance(error, TimeoutError):
+                    raise RetryableError(
+                        f"TTS server {self._where} did not answer within {self.read_timeout_s:g} s: try again"
+                    ) from None
                 raise RetryableError(
                     f"connection to TTS server {self._where} failed: {type(error).__name__}: {error}: try again"
                 ) from error
@@ -483,11 +489,11 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _read_until(response, sock, deadline: float, limit: int, *, truncate: bool) -> bytes | None:
-    """The body, read by the deadline; None if it exceeds `limit` (or its first `limit` bytes if `truncate`)."""
+def _read_until(response, sock, ends: float, limit: int, *, truncate: bool) -> bytes | None:
+    """The body, read by `ends` (monotonic); None if it exceeds `limit` (or its first `limit` bytes if `truncate`)."""
     chunks, size = [], 0
     while not response.isclosed():  # closed once the whole body has arrived; its socket is gone then
-        remaining = deadline - time.monotonic()
+        remaining = ends - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         sock.settimeout(remaining)

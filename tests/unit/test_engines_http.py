@@ -139,18 +139,28 @@ def test_the_server_delaying_past_the_read_timeout_is_retryable_and_quick(server
     assert time.monotonic() - started < 1.0
 
 
-def test_the_read_timeout_bounds_the_whole_answer_not_each_wait(server):
-    # Given a server that sends its audio in five pieces 0.6 s apart: no single wait reaches 0.8 s
+@pytest.mark.parametrize("stall", [tts_server.trickle(pieces=5, interval_s=0.6),
+                                   tts_server.slow_headers(lines=5, interval_s=0.6)], ids=["audio", "headers"])
+def test_the_read_timeout_bounds_the_whole_answer_not_each_wait(server, stall):
+    # Given a server that sends its audio (or, before it, its headers) in five pieces 0.6 s apart: no single wait
+    # reaches 0.8 s. http.client reads the status line and headers itself, each read with its own timeout.
     tts, url = server
-    tts.inject(tts_server.trickle(pieces=5, interval_s=0.6))
+    tts.inject(stall)
 
     # When the engine allows 0.8 s for the answer
     started = time.monotonic()
     with pytest.raises(RetryableError, match="did not answer within 0.8 s"):
         HttpEngine(url, read_timeout_s=0.8).synthesize(TEXT, "en")
 
-    # Then it gives up at 0.8 s, long before the last piece would have arrived at 2.4 s
+    # Then it gives up at 0.8 s, long before the last piece would have arrived (2.4 s or later)
     assert time.monotonic() - started < 1.6
+
+
+def test_headers_arriving_slowly_within_the_read_timeout_are_spoken(server, source_seconds):
+    tts, url = server
+    tts.inject(tts_server.slow_headers(lines=3, interval_s=0.05))
+    speech = HttpEngine(url, read_timeout_s=2.0).synthesize(TEXT, "en")
+    assert seconds_of(speech) == pytest.approx(source_seconds, abs=0.1)
 
 
 def test_audio_trickling_in_within_the_read_timeout_is_spoken(server, source_seconds):
