@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
@@ -345,6 +345,7 @@ _WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 _ACCEPT = "audio/wav, audio/L16, application/octet-stream"
 _WAV_PCM, _WAV_EXTENSIBLE = 1, 0xFFFE
 _WAV_UNKNOWN_LENGTHS = (0, 0xFFFFFFFF)  # what streaming writers put in a data chunk whose length they did not know
+_URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"  # RFC 3986's reserved and unreserved characters, and escapes already made
 _WAV_FORMAT_NAMES = {3: "32-bit float", 6: "A-law", 7: "u-law", 2: "ADPCM", 0x11: "IMA ADPCM", 0x55: "MP3"}
 
 
@@ -370,6 +371,9 @@ class HttpEngine:
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput(f"TTS server URL {url!r} is not an http:// or https:// URL (setting TTS_URL)")
+        if any(char.isspace() or not char.isprintable() for char in url):
+            raise InvalidInput(f"TTS server URL {url!r} contains a space or a control character: percent-encode "
+                               "it (setting TTS_URL)")
         try:
             port = parts.port
         except ValueError:
@@ -383,7 +387,9 @@ class HttpEngine:
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = port
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # A path or query in another script ("/합성") is sent percent-encoded, as a browser would send it
+        self._target = quote(parts.path or "/", safe=_URL_SAFE) + (f"?{quote(parts.query, safe=_URL_SAFE)}"
+                                                                    if parts.query else "")
         # For messages: no credentials or query string, which may carry a token.
         self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self._auth = auth_header
@@ -409,6 +415,11 @@ class HttpEngine:
         if not 200 <= status < 300:
             raise PermanentSynthesisError(
                 f"TTS server {self._where} refused the part with {status} {reason}{_snippet(payload, text)}"
+            )
+        encoding = (response_headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":  # http.client asks for identity; a server that compresses anyway always will
+            raise PermanentSynthesisError(
+                f"TTS server {self._where} sent its audio with Content-Encoding {encoding}: send it uncompressed"
             )
         try:
             pcm16, sample_rate = _decode_audio(response_headers, payload)
@@ -525,7 +536,9 @@ def _decode_audio(headers, payload: bytes) -> tuple[bytes, int]:
         raise ValueError("no Content-Type: send audio/wav, audio/L16; rate=N, or application/octet-stream "
                          "with X-Sample-Rate")
     content_type = headers.get_content_type()
-    if content_type in _WAV_TYPES:
+    # A whole WAV file sent as raw audio would play its header as a click: it is read as the WAV it is
+    is_wav = payload[:4] == b"RIFF" and payload[8:12] == b"WAVE"
+    if content_type in _WAV_TYPES or (is_wav and content_type in ("audio/l16", "application/octet-stream")):
         pcm16, rate, channels = _read_wav(payload)
     elif content_type == "audio/l16":
         rate = _whole_number(headers.get_param("rate"), "the rate parameter of audio/L16")
@@ -547,7 +560,8 @@ def _decode_audio(headers, payload: bytes) -> tuple[bytes, int]:
                          f"{', '.join(str(r) for r in SUPPORTED_SAMPLE_RATES)}")
     # audio/L16 is network byte order (RFC 2586), unless the server says `endianness=little-endian` (as some
     # speech APIs do); WAV and octet-stream are little-endian.
-    if content_type == "audio/l16" and (headers.get_param("endianness") or "").lower() != "little-endian":
+    if (content_type == "audio/l16" and not is_wav
+            and (headers.get_param("endianness") or "").lower() != "little-endian"):
         pcm16 = audioop.byteswap(pcm16, 2)
     if channels == 2:
         pcm16 = audioop.tomono(pcm16, 2, 0.5, 0.5)
@@ -563,18 +577,36 @@ def _whole_number(raw, what: str) -> int:
 
 
 def _read_wav(data: bytes) -> tuple[bytes, int, int]:
-    """PCM16 samples, rate and channels of a RIFF WAV; lenient only about sizes a streaming writer cannot know."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    """PCM16 samples, rate and channels of a RIFF WAV, or of WAV files sent one after another (a server that
+    streams a file a sentence) when they share a format; lenient only about sizes a streaming writer cannot know."""
+    samples, rate, channels, end = _read_one_wav(data, 0)
+    pieces = [samples]
+    while data.startswith(b"RIFF", end):
+        more, more_rate, more_channels, end = _read_one_wav(data, end)
+        if (more_rate, more_channels) != (rate, channels):
+            raise ValueError(f"the body holds WAV files of different formats ({channels} channel(s) at {rate} Hz, "
+                             f"then {more_channels} at {more_rate} Hz): send one format")
+        pieces.append(more)
+    return b"".join(pieces), rate, channels
+
+
+def _read_one_wav(data: bytes, at: int) -> tuple[bytes, int, int, int]:
+    """The WAV file starting at `at`: (samples, rate, channels, where the next file would start)."""
+    if len(data) < at + 12 or data[at:at + 4] != b"RIFF" or data[at + 8:at + 12] != b"WAVE":
         raise ValueError("the body is not a WAV file (no RIFF/WAVE header)")
     fmt = samples = None
-    offset = 12
+    offset = at + 12
     while offset + 8 <= len(data) and samples is None:
         chunk_id = data[offset:offset + 4]
         (size,) = struct.unpack_from("<I", data, offset + 4)
         start = offset + 8
         if chunk_id == b"data":
-            if size in _WAV_UNKNOWN_LENGTHS:
-                size = len(data) - start
+            # A size no body we take could hold is a placeholder (0x7ffff000 from SoX and espeak-ng writing to a
+            # pipe), as are 0 and 0xFFFFFFFF: the audio runs to the end, or to the next file's header.
+            if size in _WAV_UNKNOWN_LENGTHS or (size > HTTP_MAX_AUDIO_BYTES and start + size > len(data)):
+                following = data.find(b"WAVEfmt ", start + 8)
+                size = (following - 8 if following != -1 and data.startswith(b"RIFF", following - 8)
+                        else len(data)) - start
             elif start + size > len(data):
                 raise ValueError(f"the WAV is truncated: its data chunk declares {size} bytes but "
                                  f"{len(data) - start} arrived")
@@ -594,7 +626,10 @@ def _read_wav(data: bytes) -> tuple[bytes, int, int]:
         raise ValueError(f"the WAV holds {kind} audio: send 16-bit PCM (format tag 1)")
     if bits != 16:
         raise ValueError(f"the WAV holds {bits}-bit PCM: send 16-bit PCM")
-    return samples, rate, channels
+    # What follows the audio: chunks we do not need (LIST, id3), or the next file
+    following = data.find(b"RIFF", offset)
+    return samples, rate, channels, following if following != -1 and data[following + 8:following + 12] == b"WAVE" \
+        else len(data)
 
 
 # --- Choosing an engine ---------------------------------------------------------------------------------

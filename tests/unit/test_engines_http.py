@@ -312,7 +312,7 @@ def test_an_extensible_wav_of_16_bit_pcm_is_spoken_skipping_chunks_it_does_not_k
     assert (speech.sample_rate, speech.pcm16) == (16000, samples)
 
 
-@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF])
+@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF, 0x7FFFF000], ids=["zero", "all-ones", "sox-and-espeak-ng"])
 def test_a_wav_streamed_with_an_unknown_length_is_read_to_the_end(server, placeholder):
     # Given a streaming writer's WAV: the data chunk's size is a placeholder, not the real length
     tts, url = server
@@ -321,6 +321,48 @@ def test_a_wav_streamed_with_an_unknown_length_is_read_to_the_end(server, placeh
     # When it is synthesized, then all of it is used
     speech = HttpEngine(url).synthesize(TEXT, "en")
     assert (speech.sample_rate, len(speech.pcm16)) == (24000, 48000)
+
+
+@pytest.mark.parametrize("content_type, headers", [("application/octet-stream", {"X_Sample_Rate": "16000"}),
+                                                   ("audio/L16; rate=16000", {})], ids=["octet-stream", "l16"])
+def test_a_whole_wav_sent_as_raw_audio_is_read_as_the_wav_it_is(server, content_type, headers):
+    # Given a server that labels its WAV files as raw PCM: their 44-byte header would play as a click
+    tts, url = server
+    samples = b"".join(struct.pack("<h", (i % 200 - 100) * 100) for i in range(16000))
+    tts.inject(tts_server.body(wav_bytes(samples, rate=16000), content_type, **headers))
+
+    # When a part is synthesized, then its samples are the file's audio, without its header
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+    assert (speech.sample_rate, speech.pcm16) == (16000, samples)
+
+
+@pytest.mark.parametrize("sizes", ["known", "unknown"])
+def test_wav_files_sent_one_after_another_are_spoken_as_one_part(server, sizes):
+    # Given a server that streams a WAV file a sentence, back to back in one answer
+    tts, url = server
+    first, second = b"\x01\x00" * 8000, b"\x02\x00" * 4000
+    placeholder = 0xFFFFFFFF if sizes == "unknown" else None
+    tts.inject(tts_server.body(riff(1, 16, first, rate=16000, data_size=placeholder)
+                               + riff(1, 16, second, rate=16000, data_size=placeholder), "audio/wav"))
+
+    # When a part is synthesized, then it holds both, and neither header
+    speech = HttpEngine(url).synthesize(TEXT, "en")
+    assert (speech.sample_rate, speech.pcm16) == (16000, first + second)
+
+
+def test_wav_files_of_different_formats_in_one_answer_are_permanent(server):
+    tts, url = server
+    tts.inject(tts_server.body(riff(1, 16, b"\x01\x00" * 800, rate=16000) + riff(1, 16, b"\x01\x00" * 800,
+                                                                                  rate=22050), "audio/wav"))
+    with pytest.raises(PermanentSynthesisError, match="WAV files of different formats .* at 16000 Hz, then 1 at 22050"):
+        HttpEngine(url).synthesize(TEXT, "en")
+
+
+def test_compressed_audio_is_permanent_and_says_so(server):
+    tts, url = server
+    tts.inject(tts_server.body(b"\x1f\x8b\x08\x00" + b"\x00" * 100, "audio/wav", Content_Encoding="gzip"))
+    with pytest.raises(PermanentSynthesisError, match="sent its audio with Content-Encoding gzip: send it uncompressed"):
+        HttpEngine(url).synthesize(TEXT, "en")
 
 
 def test_audio_over_the_size_limit_is_permanent(server, monkeypatch):
@@ -546,10 +588,18 @@ def test_a_part_without_a_voice_is_refused_without_a_request(server, voice):
     assert tts.requests == []
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/tts", "example.com/tts", "http://", "http://host:99999/x"])
+@pytest.mark.parametrize("url", ["ftp://example.com/tts", "example.com/tts", "http://", "http://host:99999/x",
+                                 "http://tts host/x", "http://tts.example/speak now", "http://tts.example/x\n"])
 def test_a_url_that_is_not_http_is_invalid_input(url):
     with pytest.raises(InvalidInput, match="TTS server URL"):
         HttpEngine(url)
+
+
+def test_a_url_in_another_script_is_sent_percent_encoded(server):
+    tts, url = server
+    speech = HttpEngine(url + "?voice_set=한국어").synthesize(TEXT, "en")
+    assert seconds_of(speech) > 1.0
+    assert tts.requests[0].path == "/synthesize?voice_set=%ED%95%9C%EA%B5%AD%EC%96%B4"
 
 
 def test_the_engines_identity_is_its_url_and_default_voices_are_language_codes():
