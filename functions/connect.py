@@ -1,7 +1,7 @@
 """Lambda handler invoked by the Amazon Connect contact flow (InvokeLambdaFunction block).
 
-Actions (Details.Parameters.Action): start_stream, get_next_batch, chat_and_stream, stop. The reply is always a flat string map;
-see tts_stream/streams.py for its keys and README for the contract.
+Actions (Details.Parameters.Action): start_stream, get_next_batch, chat_and_stream, stop. The reply is always a
+flat string map; see tts_stream/streams.py for its keys and README for the contract.
 """
 
 from aws_lambda_powertools import Logger, Metrics

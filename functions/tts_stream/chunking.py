@@ -188,12 +188,12 @@ def normalize_for_speech(text: str) -> str:
     """Return the text a voice should read: Markdown removed, whitespace collapsed to single spaces.
 
     Headings, bullets (and task boxes), blockquotes, fences, emphasis, inline code, link targets, reference
-    link definitions, footnote marks and HTML line breaks are removed, common HTML entities (&amp;) read as
-    their characters, and struck-out text and emoji are removed too; numbered-list markers stay because "1." is spoken naturally. A line without
-    final punctuation gets a period when more text follows, so the voice pauses between lines instead of
-    running "Hours We open at 9" or "Total: 31,200 won Delivery: Friday" together; not when the next line
-    starts in lower case (a sentence wrapped by hand), unless one of the two is a heading or a list item. Plain
-    single-spaced text comes back unchanged.
+    link definitions, footnote marks, HTML line breaks, struck-out text and emoji are removed, and common HTML
+    entities (&amp;) read as their characters; numbered-list markers stay because "1." is spoken naturally. A
+    line without final punctuation gets a period when more text follows, so the voice pauses between lines
+    instead of running "Hours We open at 9" or "Total: 31,200 won Delivery: Friday" together; not when the next
+    line starts in lower case (a sentence wrapped by hand), unless one of the two is a heading or a list item.
+    Plain single-spaced text comes back unchanged.
 
     A table (GitHub's pipe syntax) is read a row at a time, each cell after its column's heading: "Basic,
     Price $10, Data 5 GB.", a check or cross mark as yes or no in the answer's language. The heading row itself is

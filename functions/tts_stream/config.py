@@ -42,7 +42,8 @@ def _drop_retry_after(response=None, **_):
 # Connect ContactIds are UUIDs; a stream id becomes an S3 prefix and part of an execution name (80 chars max),
 # so it is kept to a safe alphabet that cannot escape its prefix.
 MAX_STREAM_ID_CHARS = 64
-STREAM_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_STREAM_ID_CHARS - 1}}}")  # fullmatch: `$` lets "id\n" by
+# The whole id must match (fullmatch): a `$` would let "id\n" by
+STREAM_ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_STREAM_ID_CHARS - 1}}}")
 MAX_PARTS = 9999  # part keys are zero-padded to 4 digits
 
 

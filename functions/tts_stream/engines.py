@@ -626,10 +626,10 @@ def _read_one_wav(data: bytes, at: int) -> tuple[bytes, int, int, int]:
         raise ValueError(f"the WAV holds {kind} audio: send 16-bit PCM (format tag 1)")
     if bits != 16:
         raise ValueError(f"the WAV holds {bits}-bit PCM: send 16-bit PCM")
-    # What follows the audio: chunks we do not need (LIST, id3), or the next file
-    following = data.find(b"RIFF", offset)
-    return samples, rate, channels, following if following != -1 and data[following + 8:following + 12] == b"WAVE" \
-        else len(data)
+    following = data.find(b"RIFF", offset)  # after the audio: chunks we do not need (LIST, id3), or the next file
+    if following == -1 or data[following + 8:following + 12] != b"WAVE":
+        following = len(data)
+    return samples, rate, channels, following
 
 
 # --- Choosing an engine ---------------------------------------------------------------------------------

@@ -396,7 +396,8 @@ def chat_and_stream(clients: Clients, settings: Settings, request: Request, *, c
         raise InvalidInput("chat_and_stream needs the event's ContactId (Details.ContactData.ContactId): a "
                            "conversation is kept per contact")
     check_stream_id(request.contact_id)
-    longest = MAX_STREAM_ID_CHARS - len(f"-t{batches.MAX_INDEX}")  # every turn's stream id, CONTACTID-tN, must be a valid one
+    # Every turn's stream id (CONTACTID-tN) must be a valid one, checked before anything is written
+    longest = MAX_STREAM_ID_CHARS - len(f"-t{batches.MAX_INDEX}")
     if len(request.contact_id) > longest:
         raise InvalidInput(f"the event's ContactId has {len(request.contact_id)} characters; turns need it to "
                            f"have at most {longest}")
