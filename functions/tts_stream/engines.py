@@ -228,8 +228,10 @@ class PollyEngine:
     """Amazon Polly `SynthesizeSpeech`, PCM16 at 8 kHz, plain text (markup in the text is spoken, not obeyed)."""
 
     name = "polly"
-    # Both speak on the neural engine; generative and long-form have fewer voices (see Polly's voice list).
-    voices = {"en": "Joanna", "ko": "Seoyeon"}
+    # Each engine type's default voices: Polly refuses a voice on an engine it was not made for (every part would
+    # fail with EngineNotSupportedException), and its long-form and generative engines have no Korean voice.
+    DEFAULT_VOICES = {"standard": {"en": "Joanna", "ko": "Seoyeon"}, "neural": {"en": "Joanna", "ko": "Seoyeon"},
+                      "generative": {"en": "Joanna"}, "long-form": {"en": "Danielle"}}
 
     def __init__(self, client=None, engine_type: str = "neural", sample_rate: int = 8000, *, region: str | None = None):
         if engine_type not in POLLY_ENGINE_TYPES:
@@ -239,6 +241,7 @@ class PollyEngine:
         if sample_rate not in POLLY_PCM_SAMPLE_RATES:
             raise InvalidInput(f"Polly PCM sample rate {sample_rate!r} is not one of 8000, 16000")
         self.engine_type = engine_type
+        self.voices = self.DEFAULT_VOICES[engine_type]
         self.sample_rate = sample_rate
         self.region = region
         self._client = client
@@ -273,6 +276,9 @@ class PollyEngine:
         return Speech(pcm16=pcm16, sample_rate=self.sample_rate)
 
     def default_voice(self, language: str) -> str:
+        if language in ("en", "ko") and language not in self.voices:  # known before a part is ever asked for
+            raise InvalidInput(f"Polly's {self.engine_type} engine has no Korean voice: set PollyEngine to neural "
+                               "or standard for Korean answers (or VoiceKorean to a voice this engine has)")
         return _default_voice(self.name, self.voices, language)
 
     def identity(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from urllib3.exceptions import ReadTimeoutError as URLLib3ReadTimeoutError
 
-from tts_stream import config
+from tts_stream import config, pipeline
 from tts_stream.audio import read_connect_wav, to_connect_wav
 from tts_stream.engines import POLLY_MAX_CHARS, EspeakEngine, PollyEngine, get_engine
 from tts_stream.errors import InvalidInput, PermanentSynthesisError, RetryableError
@@ -294,10 +294,38 @@ def test_get_engine_builds_polly_from_settings_without_calling_aws():
     # When the engine is built
     engine = get_engine("polly", settings)
 
-    # Then it speaks 8 kHz PCM on that engine, with the documented default voices
+    # Then it speaks 8 kHz PCM on that engine, with a default English voice that engine has
     assert engine.name == "polly"
     assert engine.identity() == {"engine_type": "generative", "sample_rate": "8000"}
-    assert (engine.default_voice("en"), engine.default_voice("ko")) == ("Joanna", "Seoyeon")
+    assert engine.default_voice("en") == "Joanna"
+
+
+@pytest.mark.parametrize("engine_type, english, korean", [("standard", "Joanna", "Seoyeon"),
+                                                          ("neural", "Joanna", "Seoyeon"),
+                                                          ("generative", "Joanna", None),
+                                                          ("long-form", "Danielle", None)])
+def test_each_engine_type_defaults_to_voices_it_has(engine_type, english, korean):
+    # Polly refuses a voice on an engine it was not made for: Joanna has no long-form voice, and neither
+    # long-form nor generative has a Korean one (every part would fail on a live call)
+    engine = PollyEngine(polly_client(), engine_type=engine_type)
+    assert engine.default_voice("en") == english
+    if korean:
+        assert engine.default_voice("ko") == korean
+    else:
+        with pytest.raises(InvalidInput, match=f"Polly's {engine_type} engine has no Korean voice: set PollyEngine "
+                                               "to neural or standard"):
+            engine.default_voice("ko")
+
+
+def test_a_korean_answer_on_an_engine_without_a_korean_voice_is_refused_when_planned():
+    # Given Polly's long-form engine, and no Korean voice configured
+    settings = config.load({"TTS_ENGINE": "polly", "POLLY_ENGINE": "long-form", "AWS_REGION": "us-east-1"})
+
+    # When a Korean answer is split into parts (the plan, before any part is spoken), then it is refused; an
+    # English one is planned in the engine's English voice
+    with pytest.raises(InvalidInput, match="Polly's long-form engine has no Korean voice"):
+        pipeline.split_answer(settings, "주문하신 상품은 내일 도착합니다.", "", "auto")
+    assert pipeline.split_answer(settings, "Your order arrives tomorrow.", "", "auto").voice == "Danielle"
 
 
 def test_get_engine_refuses_an_unknown_polly_engine_naming_the_setting():
