@@ -322,7 +322,8 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
             clients.ddb, settings.table_name, stream_id, content_hash, texts=split.texts, engine=split.engine,
             voice=split.voice, language=split.language, now_ms=now_ms, ttl_hours=settings.manifest_ttl_hours,
             engine_settings=split.engine_settings, cached=cached)
-        workflow = any(i not in planned.ready for i in range(1, planned.total))
+        # Not created: a retry, or a stream its workflow began and has not planned yet (no total to look at)
+        workflow = created and any(i not in planned.ready for i in range(1, planned.total))
     finally:
         if speaking:
             speaking.begun(created, index_here=not workflow)

@@ -341,6 +341,22 @@ def test_a_stop_refused_for_its_batch_size_leaves_the_stream_playing(cloud, make
     assert urls(next_batch(cloud, stream_id, 0)) != []
 
 
+def test_a_start_on_a_stream_its_workflow_began_but_has_not_planned_is_served_as_it_stands(cloud):
+    # Given the stream a start_stream would make, begun by a workflow started on its own, not planned yet
+    settings = load_settings()
+    text = "Your order shipped on Monday. It should arrive by Friday afternoon. Thank you for waiting."
+    checked, voice, language = pipeline.check_content(text, "", "", settings)
+    content_hash = pipeline.input_hash(checked, voice, language)
+    stream_id = f"{CONTACT}-{content_hash[:12]}"
+    manifest.begin(cloud.client("dynamodb"), settings.table_name, stream_id, content_hash,
+                   now_ms=time.time_ns() // 1_000_000, ttl_hours=1)
+
+    # When Connect asks to start it, then the reply is that stream as it stands, not a function error
+    reply = cloud.invoke("ConnectFunction", event(Action="start_stream", Text=text, BatchSize=5))
+    assert (reply["StreamId"], reply["Status"], reply["Count"], reply["Final"]) == (stream_id, "streaming", "0",
+                                                                                    "false")
+
+
 def test_a_stream_id_reused_for_another_text_is_refused(cloud):
     stream_id = f"reuse-{uuid.uuid4().hex[:8]}"
     cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, BatchSize=5, Text="First."))
