@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError, ParamValidationError
 
 from tts_stream import config
-from tts_stream.errors import PermanentSynthesisError, RetryableError, aws_error, is_transient_aws_error
+from tts_stream.errors import PermanentSynthesisError, RetryableError, aws_error, is_transient_aws_error, shown
 
 SSM_PREFIX = "ssm:"
 MAX_AGE_S = 300.0
@@ -72,6 +72,11 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+# A reference is quoted whole in messages up to the longest a valid one can be (an SSM parameter's name, 1,011
+# characters, with its prefix), so its name is never cut off; a longer one is not a reference, and is cut.
+_REF_SHOWN = 1100
+
+
 def _fetch(ref: str, secretsmanager, ssm) -> str:
     if ref.startswith(SSM_PREFIX):
         name, where = ref[len(SSM_PREFIX):], "SSM Parameter Store"
@@ -87,17 +92,17 @@ def _fetch(ref: str, secretsmanager, ssm) -> str:
         value = response.get("SecretString")
         if value is None:
             raise PermanentSynthesisError(
-                f"secret {ref!r} in {where} holds binary data: store the value as a secret string"
+                f"secret {shown(ref, _REF_SHOWN)} in {where} holds binary data: store the value as a secret string"
             )
     if not isinstance(value, str) or not value.strip():
-        raise PermanentSynthesisError(f"secret {ref!r} in {where} is empty")
+        raise PermanentSynthesisError(f"secret {shown(ref, _REF_SHOWN)} in {where} is empty")
     return value
 
 
 @contextmanager
 def _classified(ref: str, where: str):
     """Turn AWS errors into the workflow's two kinds, with a message naming the reference."""
-    what = f"could not read secret {ref!r} from {where}"
+    what = f"could not read secret {shown(ref, _REF_SHOWN)} from {where}"
     try:
         yield
     except ClientError as error:

@@ -190,6 +190,17 @@ def test_an_unusable_secret_is_permanent_without_its_value(secretsmanager, name,
     assert "s3cr3t" not in str(failure.value)
 
 
+def test_a_reference_too_long_to_be_one_is_cut_short_in_the_message(secretsmanager):
+    # Given a "reference" of 100,000 characters, which Secrets Manager refuses
+    sm, stubber = secretsmanager
+    stubber.add_client_error("get_secret_value", "ValidationException", "SecretId is too long", 400)
+
+    # When it is read, then the failure quotes as much of it as a real reference can hold, not all of it
+    with pytest.raises(PermanentSynthesisError, match="could not read secret 'xxx") as failure:
+        read_secret("x" * 100_000, secretsmanager=sm)
+    assert len(str(failure.value)) < 1300
+
+
 @pytest.mark.parametrize("ref", ["", "   ", "ssm:"])
 def test_an_empty_reference_is_permanent(ref):
     with pytest.raises(PermanentSynthesisError, match="no secret reference"):
