@@ -287,11 +287,13 @@ def _start_kept(clients, settings, stream_id: str):
 
 
 def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workflow_input: dict, *, clock,
-                     restart_after_ms: int = manifest.RESTART_AFTER_MS):
+                     restart_after_ms: int = manifest.RESTART_AFTER_MS, replace_ended: bool = False):
     """Create the stream and start its workflow (which plans it) once, however often Connect retries the
     request. If StartExecution fails, the workflow's input is kept for the next request to start."""
     created, found = manifest.begin(clients.ddb, settings.table_name, stream_id, content_hash,
                                     now_ms=clock.now_ms(), ttl_hours=settings.manifest_ttl_hours)
+    if not created and replace_ended and _ended_unheard(found, settings, clock.now_ms()):
+        raise _EndedUnheard
     # A retry may start the workflow again only while the stream is still `starting` and the last attempt is
     # old (it may have died before its workflow ran); the claim lets one concurrent retry do it, not all.
     if created or (found.status == manifest.STATUS_STARTING
@@ -301,7 +303,8 @@ def _begin_and_start(clients, settings, stream_id: str, content_hash: str, workf
 
 
 def _plan_and_start(clients, settings, request: Request, stream_id: str, content_hash: str, split, batch_size: int,
-                    workflow_input: dict, *, clock) -> tuple[batches.Batch, manifest.Manifest] | None:
+                    workflow_input: dict, *, clock,
+                    replace_ended: bool = False) -> tuple[batches.Batch, manifest.Manifest] | None:
     """Plan the stream here and speak its part 0 while the workflow starts on the rest (its Plan step finds the
     stream planned, and leaves part 0 alone). Returns the first batch, or None for a retry of an existing stream.
 
@@ -328,6 +331,8 @@ def _plan_and_start(clients, settings, request: Request, stream_id: str, content
         if speaking:
             speaking.begun(created, index_here=not workflow)
     if not created:
+        if replace_ended and _ended_unheard(planned, settings, clock.now_ms()):
+            raise _EndedUnheard
         return None
     metrics.add_metric("StreamsPlanned", MetricUnit.Count, 1)
     if 0 in cached:  # playable the moment it was planned, as Plan counts a cached part 0
@@ -355,13 +360,40 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
     text, voice, language = pipeline.check_content(params.get("Text"), params.get("Voice"), params.get("Language"),
                                                    settings)
     content_hash = pipeline.input_hash(text, voice, language)
-    stream_id = params.get("StreamId") or ""
-    if not stream_id:
-        if not request.contact_id:
-            raise InvalidInput("StreamId is missing and the event has no ContactId to derive one from")
-        # A retried start (same contact, same answer) maps to the same stream; a new answer to a new one.
-        stream_id = f"{request.contact_id}-{content_hash[:12]}"
-    check_stream_id(stream_id)
+    named = params.get("StreamId") or ""
+    if not named and not request.contact_id:
+        raise InvalidInput("StreamId is missing and the event has no ContactId to derive one from")
+    # A retried start (same contact, same answer) maps to the same stream; a new answer to a new one.
+    base = named or f"{request.contact_id}-{content_hash[:12]}"
+    check_stream_id(base)
+    # The same answer started again after its stream ended unheard (the caller stopped it, it failed, or it timed
+    # out: "press 9 to hear that again") is a new stream, BASE-r1, BASE-r2 ...; a stream the flow named keeps its id.
+    replays = 0 if named or len(base) + len(f"-r{MAX_REPLAYS}") > MAX_STREAM_ID_CHARS else MAX_REPLAYS
+    for replay in range(replays + 1):
+        try:
+            return _start(clients, settings, request, base if replay == 0 else f"{base}-r{replay}", text, voice,
+                          language, content_hash, batch_size, replace_ended=replay < replays, clock=clock)
+        except _EndedUnheard:
+            continue
+    raise AssertionError("the last replay never raises _EndedUnheard")
+
+
+MAX_REPLAYS = 20  # the same answer started again this often in one contact; then its last stream is served
+
+
+class _EndedUnheard(Exception):
+    """The stream a start maps to ended without being heard to the end: start it again under a new id."""
+
+
+def _ended_unheard(found: manifest.Manifest, settings: Settings, now_ms: int) -> bool:
+    return found.status in (manifest.STATUS_CANCELLED, manifest.STATUS_FAILED) or (
+        found.status != manifest.STATUS_COMPLETE and now_ms - found.created_ms > settings.stream_timeout_seconds * 1000)
+
+
+def _start(clients: Clients, settings: Settings, request: Request, stream_id: str, text: str, voice: str,
+           language: str, content_hash: str, batch_size: int, *, replace_ended: bool, clock: Clock) -> dict[str, str]:
+    """start_stream for one stream id; _EndedUnheard (with `replace_ended`) when that stream exists and ended
+    unheard, so the caller tries the next id."""
     workflow_input = {"stream_id": stream_id, "text": text}
     if voice:
         workflow_input["voice"] = voice
@@ -374,14 +406,15 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
             split = None  # nothing to speak, or too much: the workflow's plan says so, and the flow hears it
         if split is not None:
             first = _plan_and_start(clients, settings, request, stream_id, content_hash, split, batch_size,
-                                    workflow_input, clock=clock)
+                                    workflow_input, replace_ended=replace_ended, clock=clock)
             if first is not None:
                 return _batch_reply(clients, settings, first, batch_size)
             # A retry of a stream that exists: serve it as it stands.
             return _batch_reply(clients, settings, _wait_for_batch(
                 clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms, clock=clock),
                 batch_size)
-    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, clock=clock)
+    _begin_and_start(clients, settings, stream_id, content_hash, workflow_input, replace_ended=replace_ended,
+                     clock=clock)
     waited = _wait_for_batch(clients, settings, request, stream_id, 0, batch_size, wait_ms=settings.start_wait_ms,
                             clock=clock)
     return _batch_reply(clients, settings, waited, batch_size)

@@ -357,6 +357,59 @@ def test_a_start_on_a_stream_its_workflow_began_but_has_not_planned_is_served_as
                                                                                     "false")
 
 
+def test_an_answer_started_again_after_the_caller_stopped_it_is_spoken_again(cloud):
+    # Given an answer the caller stopped ("press 9 to hear that again" comes next in the flow)
+    contact = str(uuid.uuid4())
+    text = "Your order shipped on Monday. It should arrive by Friday afternoon. Thank you for waiting."
+    first = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+    assert cloud.invoke("ConnectFunction", event(contact, Action="stop", StreamId=first["StreamId"]))["Status"] == \
+        "cancelled"
+    runs.wait_for_executions(cloud)
+
+    # When the flow starts the same answer again, and Connect retries that request
+    again = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+    retried = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+
+    # Then it is a new stream that plays from part 0 (the stopped one stays stopped), and the retry is that stream
+    assert again["StreamId"] == f"{first['StreamId']}-r1" and retried["StreamId"] == again["StreamId"]
+    assert again["Status"] in ("streaming", "complete") and int(again["Count"]) >= 1 and again["Part0Url"]
+    runs.wait_for_executions(cloud)
+    assert next_batch(cloud, again["StreamId"], 0)["Final"] == "true"
+    assert next_batch(cloud, first["StreamId"], 0)["Status"] == "cancelled"
+
+
+def test_an_answer_heard_to_the_end_is_the_same_stream_when_started_again(cloud):
+    contact = str(uuid.uuid4())
+    text = "Our shop opens at nine. It closes at six on weekdays."
+    first = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+    runs.wait_for_executions(cloud)
+    again = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+    assert again["StreamId"] == first["StreamId"] and again["Status"] == "complete" and again["Final"] == "true"
+    assert again["Part0Url"] == first["Part0Url"]
+
+
+def test_a_failed_answer_started_again_is_spoken_again_but_a_named_stream_keeps_its_id(cloud):
+    # Given two streams of one contact that failed: one derived from its text, one the flow named
+    contact = str(uuid.uuid4())
+    text = "The engine failed on this answer once. It works now."
+    checked, voice, language = pipeline.check_content(text, "", "", load_settings())
+    derived = f"{contact}-{pipeline.input_hash(checked, voice, language)[:12]}"
+    named = f"named-{uuid.uuid4().hex[:8]}"
+    ddb, table = cloud.client("dynamodb"), cloud.physical("ManifestTable")
+    for stream_id in (derived, named):
+        manifest.begin(ddb, table, stream_id, pipeline.input_hash(checked, voice, language),
+                       now_ms=time.time_ns() // 1_000_000, ttl_hours=1)
+        manifest.fail_stream(ddb, table, stream_id, "the engine was down")
+
+    # When each is started again, then the derived one is spoken anew, the named one is served as it stands
+    again = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+    assert again["StreamId"] == f"{derived}-r1" and again["Status"] in ("streaming", "complete")
+    kept = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, StreamId=named,
+                                                 BatchSize=5))
+    assert (kept["StreamId"], kept["Status"], kept["Final"]) == (named, "failed", "true")
+    runs.wait_for_executions(cloud)
+
+
 def test_a_stream_id_reused_for_another_text_is_refused(cloud):
     stream_id = f"reuse-{uuid.uuid4().hex[:8]}"
     cloud.invoke("ConnectFunction", event(Action="start_stream", StreamId=stream_id, BatchSize=5, Text="First."))
