@@ -83,15 +83,17 @@ _NEVER_SENTENCE_ENDS = frozenset({"approx", "dept", "excl", "incl", "qty"})
 _TITLES = frozenset(English.Abbreviation.PREPOSITIVE_ABBREVIATIONS)  # dr, mr, mrs, prof, st, vs, fig ...
 _DOTTED_ABBREVIATION = re.compile(r"[A-Za-z]{1,3}(?:\.[A-Za-z]{1,3})+")  # a.m, e.g, U.S.A, Ph.D
 # What carries a time of day on, capitalized: "10 a.m. Monday through Friday", "9 a.m. Eastern Time", "5 p.m.
-# Dec. 24". pysbd splits before most of them. "May" only before a number ("9 a.m. May 5", not "9 a.m. May I"),
-# and none before a colon ("to 6 p.m. Saturday: 10 a.m.": a label, starting the next line of a list).
+# Dec. 24". pysbd splits before most of them. Words that also open sentences only where they cannot: a zone
+# before "Time" ("Local delivery takes ..."), a short day or month before ".", "," or a number ("Sun Life ...");
+# "May" only before a number; none before a colon ("to 6 p.m. Saturday: 10 a.m.": the next line of a list).
 _TIME_CONTINUES = frozenset(
-    "monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun "
+    "monday tuesday wednesday thursday friday saturday sunday "
     "january february march april june july august september october november december "
-    "jan feb mar apr jun jul aug sep sept oct nov dec "
-    "eastern central mountain pacific atlantic alaska hawaii korea korean seoul local "
     "et ct mt pt est edt cst cdt mst mdt pst pdt akst hst kst jst utc gmt bst cet cest ist aest".split())
-_WORD_AT = re.compile(r"[\"'“‘(]*([A-Za-z]+)\.?(:?)(?: (\d))?")
+_TIME_ZONE_WORDS = frozenset("eastern central mountain pacific atlantic alaska hawaii korea korean seoul local".split())
+_TIME_SHORT_WORDS = frozenset("mon tue tues wed thu thur thurs fri sat sun jan feb mar apr may jun jul aug sep sept "
+                              "oct nov dec".split())
+_WORD_AT = re.compile(r"[\"'“‘(]*([A-Za-z]+)(\.?)(:?)(?: (\d|(?:Time|Standard|Daylight|time)\b))?")
 
 # Each is tried only where a run of the characters it spans starts: tried at every word of "1.2.1.2..." or
 # "가가가...", they took seconds (quadratic) on an answer of 20,000 characters, which ConnectFunction must
@@ -148,7 +150,8 @@ _BLOCKQUOTE = re.compile(r"^\s*(?:>\s?)+")
 _BULLET = re.compile(r"^\s*[-*+•–·]\s+")
 _TASK_BOX = re.compile(r"^\[[ xX]\]\s+")  # "- [x] Back up your phone": the box is not read
 # "[1]: https://example.com" defines a reference link: nothing to say. A footnote's text ("[^1]: Fees apply.") is.
-_LINK_DEFINITION = re.compile(r"^\s{0,3}\[(?!\^)[^\]]{1,500}\]:\s*\S+")
+_LINK_DEFINITION = re.compile(r"^\s{0,3}\[(?!\^)[^\]]{1,500}\]:\s*(?:<[^>\s]*>|(?:https?://|www\.|mailto:|/|#)\S*)"
+                              r"""(?:\s+(?:"[^"]*"|'[^']*'|\([^)]*\)))?\s*$""")  # not "[Note]: Bring your ID."
 _FOOTNOTE = re.compile(r"\[\^[^\]\s]{1,50}\]:?")
 _NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+")
 # Spans are bounded (a link's text, a bold phrase: 500 characters; a link's target: 2,000) so that an
@@ -156,7 +159,7 @@ _NUMBERED = re.compile(r"^\s*\d{1,3}[.)]\s+")
 # A link's target may hold one level of parentheses: [FAQ](https://example.com/faq_(general)).
 _IMAGE = re.compile(r"!\[([^\]]{0,500})\]\((?:[^()]|\([^()]*\)){0,2000}\)")
 _LINK = re.compile(r"\[([^\]]{1,500})\]\((?:[^()]|\([^()]*\)){0,2000}\)")
-_REFERENCE_LINK = re.compile(r"\[([^\]]{1,500})\]\[[^\]]{0,100}\]")  # [the guide][1]
+_REFERENCE_LINK = re.compile(r"\[([^\]]{1,500})\]\[\d{0,3}\]")  # [the guide][1], not two tags "[공지][필독]"
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # a line break inside a table cell
 # The entities an answer written for a web page carries; numeric ones could spell control characters
 _HTML_ENTITY = re.compile(r"&(amp|lt|gt|quot|apos|nbsp);")
@@ -174,6 +177,10 @@ _MARK_CELLS = {mark: answer for marks, answer in (("✅✔☑✓⭕○◯", ("ye
                for mark in marks}
 _MARK = re.compile("^([" + "".join(_MARK_CELLS) + "])[\ufe0e\ufe0f]?(?: +(.*))?$")
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。！？:;,]$")
+_LINE_GOES_ON = re.compile(
+    r"(?:\b(?:and|but|or|so|because|which|while|that|who|the|a|an|to|of|for|in|on|at|by|with|from|about|into|is|"
+    r"are|was|were|your|our|my)|[가-힣](?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나|고|은|는|이|가|"
+    r"을|를|에|에서|에게|께서|으로|로|와|과|까지|부터)|[-–—(&+/])$", re.IGNORECASE)
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
 # names ("smiling face with smiling eyes"), which no answer meant. Dingbat digits (❶-➓) stay.
@@ -221,10 +228,12 @@ def _normalize_once(text: str, korean: bool) -> str:
     for index, (line, is_item) in enumerate(kept):
         if index in next_spoken and not _ENDS_WITH_PUNCTUATION.search(line.rstrip().rstrip(_CLOSERS)):
             following, follows_item = kept[next_spoken[index]]
-            # A line ends a sentence unless the next one carries it on in lower case (text wrapped by hand):
-            # "Order number: 2024-0315\nTotal: 31,200 won" is two statements, and a heading, a list item or the
-            # line that leads into a list always is.
-            if is_item or follows_item or not following.lstrip()[:1].islower():
+            # A line ends a sentence ("Order number: 2024-0315\nTotal: 31,200 won" is two statements) unless it
+            # plainly goes on in the next one (text wrapped by hand): ending in "of", "and", a Korean connective
+            # or particle (출고되어, 상품은), or followed by a line in lower case. A heading, a list item or the
+            # line that leads into a list always ends one.
+            goes_on = following.lstrip()[:1].islower() or _LINE_GOES_ON.search(line.rstrip())
+            if is_item or follows_item or not goes_on:
                 line = line.rstrip() + "."
         spoken.append(line)
     return _without_pictographs(_WHITESPACE.sub(" ", " ".join(spoken)).strip())
@@ -419,7 +428,14 @@ def whole_sentences(text: str) -> str:
     starts = _find_sentence_boundaries(re.sub(r"\s", " ", last), len(last)).starts  # a space for a space: same indexes
     if starts:
         return (head + newline + last[:starts[-1]]).rstrip()
-    return head.rstrip() if newline else stripped
+    if not newline:
+        return stripped
+    # The cut-off sentence began on the line before ("The Basic plan\ncosts $1"): that line is judged again,
+    # unless it stands whole (a list item, a heading, a table row, a lead-in ending in a colon)
+    before = head.rstrip().rpartition("\n")[2]
+    if _FINISHED.search(before) or before.rstrip().endswith(("|", ":")) or _starts_block(before):
+        return head.rstrip()
+    return whole_sentences(head)
 
 
 _FINISHED = re.compile(r"[.!?…。！？][" + re.escape(_CLOSERS) + r"]*$")
@@ -503,10 +519,14 @@ def _time_continues(text: str, index: int) -> bool:
     """Whether the word at `index` carries a time of day on (a day, a month, a time zone: _TIME_CONTINUES); not
     as a label ("6 p.m. Saturday: 10 a.m. to 2 p.m.", a list of opening hours)."""
     word = _WORD_AT.match(text, index)
-    if not word or word.group(2):
+    if not word or word.group(3):
         return False
-    name = word.group(1).lower()
-    return name in _TIME_CONTINUES or name == "may" and word.group(3) is not None
+    name, dot, after = word.group(1).lower(), word.group(2), word.group(4) or ""
+    if name in _TIME_ZONE_WORDS:
+        return after[:1].isalpha()
+    if name in _TIME_SHORT_WORDS:
+        return bool(dot or after[:1].isdigit() or text[word.end():word.end() + 1] in (",", ""))
+    return name in _TIME_CONTINUES
 
 
 def _token_before(text: str, index: int) -> str:

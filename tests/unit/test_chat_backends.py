@@ -176,6 +176,12 @@ def test_the_bot_gets_the_question_history_contact_and_language_at_its_urls_path
     assert (bot.paths, bot.authorizations) == (["/chat?tenant=shop"], ["Bearer b0t"])
 
 
+def test_a_chat_url_in_another_script_is_sent_percent_encoded(http_bot):
+    bot, url = http_bot
+    assert HttpChat(url + "?상점=서울").ask("When will it arrive?", []) == chatbot.answer_for("When will it arrive?", [])
+    assert bot.paths == ["/chat?%EC%83%81%EC%A0%90=%EC%84%9C%EC%9A%B8"]
+
+
 def test_the_longest_answer_is_heard_even_in_the_widest_json_escapes(http_bot):
     # An answer of MAX_ANSWER_CHARS emoji, each 12 bytes escaped as a surrogate pair: the reply limit's worst case
     bot, url = http_bot
@@ -315,6 +321,9 @@ def test_bedrock_is_asked_once_and_given_up_on_at_the_chat_timeout(monkeypatch):
     ("| Plan | Price |\n|---|---|\n| Basic | $10 |\n| Pro | $2", "| Plan | Price |\n|---|---|\n| Basic | $10 |"),
     ("| Plan | Price |\n|---|---|\n| Basic | $10 |", "| Plan | Price |\n|---|---|\n| Basic | $10 |"),
     ("Steps:\n- Open the app. Then tap Sett", "Steps:\n- Open the app."),
+    # A cut-off sentence that began on the line before goes whole, that line's part of it too
+    ("We offer three plans. The Basic plan\ncosts $10 and the Pro plan costs $2", "We offer three plans."),
+    ("배송은 3일 걸립니다.\n주문하신 상품은 내일\n오전에 도착할 예", "배송은 3일 걸립니다."),
 ])
 def test_a_bedrock_answer_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(bedrock, text, spoken):
     client, stub = bedrock
