@@ -1,9 +1,14 @@
-"""One HTTP exchange bounded as a whole: a socket timeout bounds each read only, so a peer that sends its answer
-(or its status line and headers) a byte at a time would hold a part or a turn far past any timeout."""
+"""What our HTTP clients (the TTS engine, the chatbot) share: one exchange bounded as a whole (a socket timeout
+bounds each read only, so a peer that sends its answer, or its status line and headers, a byte at a time would
+hold a part or a turn far past any timeout), and how a URL's path is sent."""
 
 import socket
 import threading
 from contextlib import contextmanager
+
+# What a path or query may hold as it is (RFC 3986's reserved and unreserved characters, and escapes already
+# made); anything else, such as Hangul, is sent percent-encoded.
+URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
 
 
 @contextmanager
@@ -15,7 +20,9 @@ def cut_off_at(sock, seconds: float):
     def cut() -> None:
         fired.set()
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            # The plain socket's shutdown, also for TLS: SSLSocket.shutdown would drop its SSL object under a
+            # read in progress, which then raises ValueError instead of seeing the connection end
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass  # already closed: the answer was read
 

@@ -351,7 +351,6 @@ _WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
 _ACCEPT = "audio/wav, audio/L16, application/octet-stream"
 _WAV_PCM, _WAV_EXTENSIBLE = 1, 0xFFFE
 _WAV_UNKNOWN_LENGTHS = (0, 0xFFFFFFFF)  # what streaming writers put in a data chunk whose length they did not know
-_URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"  # RFC 3986's reserved and unreserved characters, and escapes already made
 _WAV_FORMAT_NAMES = {3: "32-bit float", 6: "A-law", 7: "u-law", 2: "ADPCM", 0x11: "IMA ADPCM", 0x55: "MP3"}
 
 
@@ -394,8 +393,8 @@ class HttpEngine:
         self._host = parts.hostname
         self._port = port
         # A path or query in another script ("/합성") is sent percent-encoded, as a browser would send it
-        self._target = quote(parts.path or "/", safe=_URL_SAFE) + (f"?{quote(parts.query, safe=_URL_SAFE)}"
-                                                                    if parts.query else "")
+        query = f"?{quote(parts.query, safe=deadline.URL_SAFE)}" if parts.query else ""
+        self._target = quote(parts.path or "/", safe=deadline.URL_SAFE) + query
         # For messages: no credentials or query string, which may carry a token.
         self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self._auth = auth_header
