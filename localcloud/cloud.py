@@ -114,20 +114,27 @@ _running: ContextVar[str | None] = ContextVar("localcloud_function", default=Non
 
 class AwsCalls:
     """Counts the AWS requests our functions (and the workflow engine) make, per service operation, and
-    which operations each function made (to check them against its IAM policy)."""
+    which operations each function made, with the DynamoDB tables they named (to check them against its IAM
+    policy: an action allowed on one table is not allowed on another)."""
 
     def __init__(self):
         self.counts: Counter[str] = Counter()
         self.by_function: dict[str, set[str]] = {}
+        self.tables_by_function: dict[str, set[tuple[str, str]]] = {}  # function -> {(operation, table name)}
         self._lock = threading.Lock()
 
-    def __call__(self, model, **kwargs):
+    def __call__(self, model, params=None, **kwargs):
         operation = f"{model.service_model.service_name}.{model.name}"
         function = _running.get()
+        tables = set()
+        if model.service_model.service_name == "dynamodb" and isinstance(params, dict):  # the request, serialized
+            body = json.loads(params.get("body") or b"{}")
+            tables = {body["TableName"]} if "TableName" in body else set(body.get("RequestItems") or ())
         with self._lock:
             self.counts[operation] += 1
             if function:
                 self.by_function.setdefault(function, set()).add(operation)
+                self.tables_by_function.setdefault(function, set()).update((operation, t) for t in tables)
 
     def snapshot(self) -> Counter[str]:
         with self._lock:

@@ -128,6 +128,19 @@ def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manife
     return _from_item(item) if item and not _expired(item) else None
 
 
+def read_many(ddb, table: str, stream_ids: list[str]) -> dict[str, Manifest]:
+    """The streams among `stream_ids` (at most 100) that exist, in one strongly consistent BatchGetItem; a key
+    DynamoDB leaves unprocessed is left out, as if the stream did not exist (a create then finds it)."""
+    if not stream_ids:
+        return {}
+    response = ddb.batch_get_item(RequestItems={table: {
+        "Keys": [{"stream_id": {"S": stream_id}} for stream_id in stream_ids], "ConsistentRead": True,
+        "ProjectionExpression": _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by, expires_at",
+        "ExpressionAttributeNames": {k: v for k, v in _NAMES.items() if k != "#texts"}}})
+    items = response.get("Responses", {}).get(table, [])
+    return {found.stream_id: found for found in map(_from_item, (i for i in items if not _expired(i)))}
+
+
 def _expired(item) -> bool:
     """Past its TTL: DynamoDB deletes such an item late (within days), and until then it is gone for us too (its
     parts may be deleted already; a reused StreamId starts afresh)."""

@@ -8,6 +8,7 @@ inside Connect's 8-second limit and the flow never has to wait on its own.
 """
 
 import contextvars
+import functools
 import json
 import threading
 import time
@@ -369,11 +370,22 @@ def start_stream(clients: Clients, settings: Settings, request: Request, *, cloc
     # The same answer started again after its stream ended unheard (the caller stopped it, it failed, or it timed
     # out: "press 9 to hear that again") is a new stream, BASE-r1, BASE-r2 ...; a stream the flow named keeps its id.
     replays = 0 if named or len(base) + len(f"-r{MAX_REPLAYS}") > MAX_STREAM_ID_CHARS else MAX_REPLAYS
-    for replay in range(replays + 1):
+    start = functools.partial(_start, clients, settings, request, text=text, voice=voice, language=language,
+                              content_hash=content_hash, batch_size=batch_size, clock=clock)
+    try:
+        return start(base, replace_ended=replays > 0)
+    except _EndedUnheard:
+        pass
+    # Its replays in one read: the first that has not ended unheard (or does not exist yet) is this start's
+    replayed = [f"{base}-r{replay}" for replay in range(1, replays + 1)]
+    found = manifest.read_many(clients.ddb, settings.table_name, replayed)
+    for replay, stream_id in enumerate(replayed, start=1):
+        last = replay == replays
+        if not last and stream_id in found and _ended_unheard(found[stream_id], settings, clock.now_ms()):
+            continue
         try:
-            return _start(clients, settings, request, base if replay == 0 else f"{base}-r{replay}", text, voice,
-                          language, content_hash, batch_size, replace_ended=replay < replays, clock=clock)
-        except _EndedUnheard:
+            return start(stream_id, replace_ended=not last)
+        except _EndedUnheard:  # it ended between the read and this start
             continue
     raise AssertionError("the last replay never raises _EndedUnheard")
 
@@ -390,8 +402,8 @@ def _ended_unheard(found: manifest.Manifest, settings: Settings, now_ms: int) ->
         found.status != manifest.STATUS_COMPLETE and now_ms - found.created_ms > settings.stream_timeout_seconds * 1000)
 
 
-def _start(clients: Clients, settings: Settings, request: Request, stream_id: str, text: str, voice: str,
-           language: str, content_hash: str, batch_size: int, *, replace_ended: bool, clock: Clock) -> dict[str, str]:
+def _start(clients: Clients, settings: Settings, request: Request, stream_id: str, *, text: str, voice: str,
+           language: str, content_hash: str, batch_size: int, replace_ended: bool, clock: Clock) -> dict[str, str]:
     """start_stream for one stream id; _EndedUnheard (with `replace_ended`) when that stream exists and ended
     unheard, so the caller tries the next id."""
     workflow_input = {"stream_id": stream_id, "text": text}

@@ -179,8 +179,24 @@ def test_every_aws_call_a_function_made_in_the_test_run_is_allowed_by_its_policy
         policies = loaded.resolve(loaded.body["Resources"][logical_id]["Properties"].get("Policies", []))
         allowed = {a for p in policies for st in p["Statement"]
                    for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]])}
-        needed = {f"{_IAM_PREFIX.get(op.split('.')[0], op.split('.')[0])}:{op.split('.')[1]}" for op in operations}
+        needed = {_iam_action(op) for op in operations}
         assert needed <= allowed, f"{logical_id} calls {sorted(needed - allowed)} but its policy does not allow it"
+        # An action allowed on one table is not allowed on another: each table a call named must be granted
+        tables = {cloud.physical(t): t for t, r in loaded.body["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"}
+        for operation, table in cloud.aws_calls.tables_by_function.get(logical_id, ()):
+            arn = loaded.physical[tables[table]]["Arn"]
+            assert any(_iam_action(operation) in _listed(st["Action"]) and arn in _listed(st["Resource"])
+                       for p in policies for st in p["Statement"]), \
+                f"{logical_id} calls {_iam_action(operation)} on {tables[table]} but its policy does not allow it there"
+
+
+def _iam_action(operation: str) -> str:
+    service, name = operation.split(".")
+    return f"{_IAM_PREFIX.get(service, service)}:{name}"
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def test_only_the_configured_connect_instance_may_invoke_the_connect_function():

@@ -378,6 +378,28 @@ def test_an_answer_started_again_after_the_caller_stopped_it_is_spoken_again(clo
     assert next_batch(cloud, first["StreamId"], 0)["Status"] == "cancelled"
 
 
+def test_a_third_start_after_two_stops_tries_one_create_beside_the_first(cloud, monkeypatch):
+    # Given an answer stopped twice (its stream and its first replay)
+    contact = str(uuid.uuid4())
+    text = "Please hold while I check your booking. It takes a few seconds."
+    for _ in range(2):
+        started = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+        cloud.invoke("ConnectFunction", event(contact, Action="stop", StreamId=started["StreamId"]))
+        runs.wait_for_executions(cloud)
+    creates = []
+    begin_planned = manifest.begin_planned
+    monkeypatch.setattr(manifest, "begin_planned", lambda ddb, table, stream_id, *args, **kwargs:
+                        creates.append(stream_id) or begin_planned(ddb, table, stream_id, *args, **kwargs))
+
+    # When it is started a third time
+    third = cloud.invoke("ConnectFunction", event(contact, Action="start_stream", Text=text, BatchSize=5))
+
+    # Then it is the second replay, found with one read of the replays, not by trying each in turn
+    assert third["StreamId"].endswith("-r2") and third["Status"] in ("streaming", "complete")
+    assert creates == [third["StreamId"][:-3], third["StreamId"]]
+    runs.wait_for_executions(cloud)
+
+
 def test_an_answer_heard_to_the_end_is_the_same_stream_when_started_again(cloud):
     contact = str(uuid.uuid4())
     text = "Our shop opens at nine. It closes at six on weekdays."
