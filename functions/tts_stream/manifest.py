@@ -117,13 +117,18 @@ def with_ready(manifest: Manifest, index: int, key: str, *, now_ms: int) -> Mani
     return _settled(replace(manifest, ready={**manifest.ready, index: now_ms}, keys={**manifest.keys, index: key}))
 
 
+# Everything but the parts' texts (the bulk of an item): what a read that does not plan or speak needs
+_WITHOUT_TEXTS = {
+    "ProjectionExpression": _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by, expires_at",
+    "ExpressionAttributeNames": {k: v for k, v in _NAMES.items() if k != "#texts"},
+}
+
+
 def read(ddb, table: str, stream_id: str, *, with_texts: bool = False) -> Manifest | None:
     """One strongly consistent GetItem: a part marked ready is seen by the very next read."""
     request = {"TableName": table, "Key": {"stream_id": {"S": stream_id}}, "ConsistentRead": True}
     if not with_texts:
-        request["ProjectionExpression"] = (_BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by, "
-                                           "expires_at")
-        request["ExpressionAttributeNames"] = {k: v for k, v in _NAMES.items() if k != "#texts"}
+        request.update(_WITHOUT_TEXTS)
     item = ddb.get_item(**request).get("Item")
     return _from_item(item) if item and not _expired(item) else None
 
@@ -135,8 +140,7 @@ def read_many(ddb, table: str, stream_ids: list[str]) -> dict[str, Manifest]:
         return {}
     response = ddb.batch_get_item(RequestItems={table: {
         "Keys": [{"stream_id": {"S": stream_id}} for stream_id in stream_ids], "ConsistentRead": True,
-        "ProjectionExpression": _BATCH_ATTRIBUTES + ", input_hash, start_attempt_ms, kept_starts, begun_by, expires_at",
-        "ExpressionAttributeNames": {k: v for k, v in _NAMES.items() if k != "#texts"}}})
+        **_WITHOUT_TEXTS}})
     items = response.get("Responses", {}).get(table, [])
     return {found.stream_id: found for found in map(_from_item, (i for i in items if not _expired(i)))}
 
