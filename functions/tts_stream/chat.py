@@ -9,10 +9,9 @@ import json
 import ssl
 import threading
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from tts_stream import chunking, deadline
-from tts_stream.deadline import URL_SAFE
 
 MAX_ANSWER_CHARS = 20000
 # The most a reply may hold: an answer of MAX_ANSWER_CHARS in JSON escapes (12 bytes for a character outside the
@@ -107,9 +106,7 @@ class HttpChat:
         kwargs = {"context": ssl.create_default_context()} if self.parts.scheme == "https" else {}
         connection = connection_class(self.parts.hostname, self.parts.port, timeout=min(self.timeout_s, CONNECT_S),
                                       **kwargs)
-        # A path or query in another script ("/챗봇") is sent percent-encoded, as a browser would send it
-        path = quote(self.parts.path or "/", safe=URL_SAFE) + (f"?{quote(self.parts.query, safe=URL_SAFE)}"
-                                                               if self.parts.query else "")
+        path = deadline.request_target(self.parts)
         cut_off, connected = threading.Event(), False
         try:
             connection.connect()  # within CONNECT_S, the TLS handshake included; ChatTimeoutMs starts after it

@@ -5,10 +5,18 @@ hold a part or a turn far past any timeout), and how a URL's path is sent."""
 import socket
 import threading
 from contextlib import contextmanager
+from urllib.parse import SplitResult, quote
 
 # What a path or query may hold as it is (RFC 3986's reserved and unreserved characters, and escapes already
 # made); anything else, such as Hangul, is sent percent-encoded.
-URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+_URL_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+
+
+def request_target(parts: SplitResult) -> str:
+    """The path and query of a URL as the request line sends them: "/합성?v=1" percent-encoded, as a browser
+    would send it."""
+    query = f"?{quote(parts.query, safe=_URL_SAFE)}" if parts.query else ""
+    return quote(parts.path or "/", safe=_URL_SAFE) + query
 
 
 @contextmanager

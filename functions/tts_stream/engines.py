@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
@@ -392,9 +392,7 @@ class HttpEngine:
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = port
-        # A path or query in another script ("/합성") is sent percent-encoded, as a browser would send it
-        query = f"?{quote(parts.query, safe=deadline.URL_SAFE)}" if parts.query else ""
-        self._target = quote(parts.path or "/", safe=deadline.URL_SAFE) + query
+        self._target = deadline.request_target(parts)
         # For messages: no credentials or query string, which may carry a token.
         self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self._auth = auth_header
