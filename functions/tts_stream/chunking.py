@@ -115,6 +115,8 @@ _PRIORITY_CONNECTIVE = 3
 _PRIORITY_PHRASE = 2
 _PRIORITY_SPACE = 1
 _PRIORITY_GLUED = 0
+# Korean connective endings (하며, 했는데, 좋지만, 발송되어): a clause goes on after them
+_KOREAN_CONNECTIVES = "며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나"
 _CUT_PATTERNS = (
     (re.compile(r"[;:] "), _PRIORITY_SEMICOLON),
     # Not a comma between two numbers: "March 15, 2024" and "1, 2 or 3" are one thing to a listener; nor a dash
@@ -127,7 +129,7 @@ _CUT_PATTERNS = (
         re.IGNORECASE,
     ), _PRIORITY_CONNECTIVE),
     # "하고 있습니다", "하고 싶어요" and "하고 계십니다" are one verb, not two clauses; 최고, 재고, 광고 ... are nouns.
-    (re.compile(r"[가-힣](?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나) "), _PRIORITY_CONNECTIVE),
+    (re.compile(rf"[가-힣](?:{_KOREAN_CONNECTIVES}) "), _PRIORITY_CONNECTIVE),
     (re.compile(r"[가-힣](?<![최창재광경원금잔공참])고 (?!있|계|싶)"), _PRIORITY_CONNECTIVE),
     # Cut after a Korean subject/object/adverbial particle (상품은, 내일까지).
     (re.compile(r"[가-힣](?:은|는|이|가|을|를|에|에서|에게|께서|으로|로|와|과|도|까지|부터) "), _PRIORITY_PHRASE),
@@ -179,7 +181,7 @@ _MARK = re.compile("^([" + "".join(_MARK_CELLS) + "])[\ufe0e\ufe0f]?(?: +(.*))?$
 _ENDS_WITH_PUNCTUATION = re.compile(r"[.!?…。！？:;,]$")
 _LINE_GOES_ON = re.compile(
     r"(?:\b(?:and|but|or|so|because|which|while|that|who|the|a|an|to|of|for|in|on|at|by|with|from|about|into|is|"
-    r"are|was|were|your|our|my)|[가-힣](?:며|는데|은데|지만|어서|아서|해서|되어|하여|면서|니까|므로|거나|고|은|는|이|가|"
+    rf"are|was|were|your|our|my)|[가-힣](?:{_KOREAN_CONNECTIVES}|고|은|는|이|가|"
     r"을|를|에|에서|에게|께서|으로|로|와|과|까지|부터)|[-–—(&+/])$", re.IGNORECASE)
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 # Emoji and pictographs, with what builds them (joiner, variation selectors, keycap, tags): a voice reads their
@@ -198,9 +200,10 @@ def normalize_for_speech(text: str) -> str:
     link definitions, footnote marks, HTML line breaks, struck-out text and emoji are removed, and common HTML
     entities (&amp;) read as their characters; numbered-list markers stay because "1." is spoken naturally. A
     line without final punctuation gets a period when more text follows, so the voice pauses between lines
-    instead of running "Hours We open at 9" or "Total: 31,200 won Delivery: Friday" together; not when the next
-    line starts in lower case (a sentence wrapped by hand), unless one of the two is a heading or a list item.
-    Plain single-spaced text comes back unchanged.
+    instead of running "Hours We open at 9" or "Total: 31,200 won Delivery: Friday" together; not when the line
+    plainly goes on (a sentence wrapped by hand: the next line starts in lower case, or this one ends in "of",
+    "and", a Korean connective or particle), unless one of the two is a heading or a list item. Plain
+    single-spaced text comes back unchanged.
 
     A table (GitHub's pipe syntax) is read a row at a time, each cell after its column's heading: "Basic,
     Price $10, Data 5 GB.", a check or cross mark as yes or no in the answer's language. The heading row itself is
